@@ -1,8 +1,11 @@
 """The variable-length benchmark runs and its methods agree where they should."""
 
+import pytest
+
 from benchmarks import varlen
 
 
+@pytest.mark.slow  # a second or two alone; much more on a loaded machine
 def test_varlen_quick_runs_and_agrees_with_packing():
     rows = varlen.run(quick=True)
     assert [r["baseline"].split()[0] for r in rows] == ["packed", "naive", "packed"]
