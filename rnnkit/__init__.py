@@ -7,8 +7,25 @@ The Jupyter layer lives in ``rnnkit.widgets`` and is never imported by the core.
 from pathlib import Path as _Path
 
 from rnnkit.cells import GRUCell, LSTMCell, RecurrentCell, RNNCell
-from rnnkit.padding import lengths_to_mask, mask_to_lengths
+from rnnkit.padding import (
+    PaddedBatch,
+    collate_padded,
+    last_valid,
+    lengths_to_mask,
+    mask_to_lengths,
+    masked_mean,
+    masked_sum,
+    pad,
+    sequence_loss,
+    unpad,
+)
 from rnnkit.recurrent import GRU, LSTM, RNN, Recurrent, explain_fast_path
+from rnnkit.sampling import (
+    BucketBatchSampler,
+    DistributedBucketSampler,
+    PaddingStats,
+    padding_stats,
+)
 
 __version__ = "0.1.0"
 
@@ -47,4 +64,16 @@ __all__ = [
     "explain_fast_path",
     "lengths_to_mask",
     "mask_to_lengths",
+    "BucketBatchSampler",
+    "DistributedBucketSampler",
+    "PaddedBatch",
+    "PaddingStats",
+    "collate_padded",
+    "last_valid",
+    "masked_mean",
+    "masked_sum",
+    "pad",
+    "padding_stats",
+    "sequence_loss",
+    "unpad",
 ]
