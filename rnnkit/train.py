@@ -272,11 +272,15 @@ class Trainer:
         shuffle: bool = True,
         max_steps: int | None = None,
     ) -> History:
-        """Train for ``epochs`` epochs in total (counting those of a resumed run); blocks.
+        """Train for ``epochs`` more epochs; with ``resume``, up to ``epochs`` in total; blocks.
+
+        Calling ``fit`` again continues the counters and the history; an epoch that a stop cut
+        short starts over (resuming from a checkpoint continues it exactly instead).
 
         ``train``/``val``: DataLoaders, or tensors ``(x, y)`` / ``(x, y, lengths)`` batched by
         ``batch_size`` (train shuffled iff ``shuffle``). ``resume``: a checkpoint path or dict.
-        ``max_steps`` ends the run (as finished) after that many steps in total.
+        ``max_steps`` ends the run (as finished) after that many more steps (with ``resume``:
+        steps in total); ``trainer.max_steps`` holds the step count it ends at.
         Returns ``self.history``; see the module doc for stop, interrupt and failure.
         """
         if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
@@ -289,16 +293,21 @@ class Trainer:
         train_loader = self._as_loader(train, batch_size, shuffle, "train")
         val_loader = None if val is None else self._as_loader(val, batch_size, False, "val")
         self._loader = train_loader
-        self.epochs, self.max_steps = epochs, max_steps
         self.steps_per_epoch = _length(train_loader)
-        replay = self._restore(resume, train_loader) if resume is not None else None
+        if resume is not None:
+            replay = self._restore(resume, train_loader)
+            self.epochs, self.max_steps = epochs, max_steps
+        else:  # more epochs; an epoch a stop cut short starts over
+            replay, self.batch_in_epoch = None, 0
+            self.epochs = self.epoch + epochs
+            self.max_steps = None if max_steps is None else self.step + max_steps
         self._stop_requested = self._sigint = self.stop_training = self.interrupted = False
         self.clean_stop, self.error = True, None
         self.status = "running"
         previous_handler = self._install_sigint_handler()
         try:
             self._emit("on_fit_begin")
-            while self.epoch < epochs and not self._end_requested():
+            while self.epoch < self.epochs and not self._end_requested():
                 if not self._run_epoch(train_loader, val_loader, replay):
                     break
                 replay = None
