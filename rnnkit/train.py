@@ -381,14 +381,16 @@ class Trainer:
             self.scaler.unscale_(self.optimizer)
         grads = [p.grad for p in self.model.parameters() if p.grad is not None]
         grad_norm = get_total_norm(grads) if grads else torch.zeros(())
-        loss_value = float(loss.detach())
-        if self._env is not None:
-            loss_value = ddp.all_reduce_sum([loss_value], self.device)[0] / self._env.world_size
+        local = {"loss": float(loss.detach()), **self._metric_values(output, batch.y)}
+        shown = local
+        if self._env is not None:  # the logs show averages over the ranks
+            sums = ddp.all_reduce_sum(list(local.values()), self.device)
+            shown = {k: s / self._env.world_size for k, s in zip(local, sums, strict=True)}
         logs = {
             "step": self.step,
             "epoch": self.epoch,
             "batch": self.batch_in_epoch,
-            "loss": loss_value,
+            "loss": shown["loss"],
             "grad_norm": float(grad_norm),
             "lr": lr,
             "batch_size": batch.size,
@@ -407,9 +409,8 @@ class Trainer:
             else:
                 self.optimizer.step()
             self._updating = False
-            values = self._metric_values(output, batch.y)
-            logs.update(values)
-            self._totals.add(loss_value, batch.size, values)
+            self._totals.add(local.pop("loss"), batch.size, local)
+        logs.update({k: v for k, v in shown.items() if k != "loss"})
         self.step += 1
         self.batch_in_epoch += 1
         logs["time"] = time.perf_counter() - started

@@ -181,7 +181,7 @@ def test_lengths_reach_the_model_and_dict_batches_work():
     seen.clear()
     loader = DataLoader([{"x": x[i], "y": y[i], "lengths": lengths[i]} for i in range(6)], 6)
     trainer.fit(loader, epochs=2)
-    assert seen == [lengths.tolist()]
+    assert seen == [lengths.tolist()] * 2
 
 
 def test_dict_inputs_and_forward_fn():
