@@ -289,19 +289,25 @@ class Trainer:
             raise ValueError(f"max_steps must be an int >= 0 or None, got {max_steps!r}")
         if self.status in ("running", "paused"):
             raise RuntimeError("this Trainer is already running a fit")
-        self._prepare_run()
-        train_loader = self._as_loader(train, batch_size, shuffle, "train")
-        val_loader = None if val is None else self._as_loader(val, batch_size, False, "val")
-        self._loader = train_loader
-        self.steps_per_epoch = _length(train_loader)
-        if resume is not None:
-            replay = self._restore(resume, train_loader)
-            self.epochs, self.max_steps = epochs, max_steps
-        else:  # more epochs; an epoch a stop cut short starts over
-            replay, self.batch_in_epoch = None, 0
-            self.epochs = self.epoch + epochs
-            self.max_steps = None if max_steps is None else self.step + max_steps
+        try:
+            self._prepare_run()
+            train_loader = self._as_loader(train, batch_size, shuffle, "train")
+            val_loader = None if val is None else self._as_loader(val, batch_size, False, "val")
+            self._loader = train_loader
+            self.steps_per_epoch = _length(train_loader)
+            if resume is not None:
+                replay = self._restore(resume, train_loader)
+                self.epochs, self.max_steps = epochs, max_steps
+            else:  # more epochs; an epoch a stop cut short starts over
+                replay, self.batch_in_epoch = None, 0
+                self.epochs = self.epoch + epochs
+                self.max_steps = None if max_steps is None else self.step + max_steps
+        except BaseException as exc:
+            self.status, self.error = "failed", exc
+            raise
         self._stop_requested = self._sigint = self.stop_training = self.interrupted = False
+        self._pause_requested = False
+        self._resume.set()
         self.clean_stop, self.error = True, None
         self.status = "running"
         previous_handler = self._install_sigint_handler()

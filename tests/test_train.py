@@ -677,8 +677,10 @@ def test_trainer_bad_model_optimizer_and_data():
         rnnkit.Trainer(model, "adam", "mse")
     with pytest.raises(TypeError, match="DataLoader or a tuple"):
         _trainer().fit([1, 2, 3, 4])
+    trainer = _trainer()
     with pytest.raises(ValueError, match="val data: .*x has 4, y has 3"):
-        _trainer().fit(_data(), val=(torch.randn(4, 5, 3), torch.randn(3, 1)))
+        trainer.fit(_data(), val=(torch.randn(4, 5, 3), torch.randn(3, 1)))
+    assert trainer.status == "failed" and isinstance(trainer.error, ValueError)
     with pytest.raises(ValueError, match="lr must be a positive"):
         _trainer().set_lr(0)
 
