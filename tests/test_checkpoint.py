@@ -356,3 +356,22 @@ def test_safetensors_with_tied_weights(tmp_path):
     fresh = Tied()
     rnnkit.import_safetensors(fresh, path)
     assert torch.equal(fresh.a.weight, model.a.weight) and fresh.a.weight is fresh.b.weight
+
+
+def test_model_checkpoint_every_steps(tmp_path):
+    seen = []
+
+    class Watch(rnnkit.Callback):
+        def on_batch_end(self, trainer, logs):
+            if (tmp_path / "last.pt").exists():
+                seen.append(rnnkit.load_checkpoint(tmp_path / "last.pt")["step"])
+
+    trainer = _trainer(
+        callbacks=[Watch()],
+        checkpoint=rnnkit.ModelCheckpoint(tmp_path, every_steps=2, save_best=False),
+    )
+    trainer.fit(_data(), epochs=1, batch_size=4)
+    assert seen == [2, 2, 4, 4]
+    assert rnnkit.load_checkpoint(tmp_path / "last.pt")["step"] == 5  # and after the epoch
+    with pytest.raises(ValueError, match="every_steps must be"):
+        rnnkit.ModelCheckpoint(tmp_path, every_steps=0)

@@ -258,6 +258,7 @@ def test_pause_set_lr_unpause_stop_from_another_thread():
             gate.set()
 
     trainer = _trainer(callbacks=[Slow()])
+    assert trainer.status == "idle"
     worker = threading.Thread(target=trainer.fit, args=((x, y),), kwargs={"epochs": 1000})
     worker.start()
     try:
