@@ -6,7 +6,29 @@ The Jupyter layer lives in ``rnnkit.widgets`` and is never imported by the core.
 
 from pathlib import Path as _Path
 
+from rnnkit import distributed, tasks
+from rnnkit.batches import Batch
+from rnnkit.callbacks import (
+    Callback,
+    EarlyStopping,
+    GradientClipping,
+    History,
+    LRSchedule,
+    ModelCheckpoint,
+    NonFiniteError,
+    NonFiniteGuard,
+    ProgressBar,
+)
 from rnnkit.cells import GRUCell, LSTMCell, RecurrentCell, RNNCell
+from rnnkit.checkpoint import (
+    export_safetensors,
+    import_safetensors,
+    load_checkpoint,
+    save_checkpoint,
+)
+from rnnkit.kerasfit import fit
+from rnnkit.lr_find import LRFinderResult, lr_find
+from rnnkit.models import SequenceModel
 from rnnkit.padding import (
     PaddedBatch,
     collate_padded,
@@ -26,6 +48,8 @@ from rnnkit.sampling import (
     PaddingStats,
     padding_stats,
 )
+from rnnkit.seeding import seed_everything
+from rnnkit.train import Trainer
 
 __version__ = "0.1.0"
 
@@ -53,6 +77,28 @@ def unload_ipython_extension(ipython):
 
 
 __all__ = [
+    "Batch",
+    "Callback",
+    "EarlyStopping",
+    "GradientClipping",
+    "History",
+    "LRFinderResult",
+    "LRSchedule",
+    "ModelCheckpoint",
+    "NonFiniteError",
+    "NonFiniteGuard",
+    "ProgressBar",
+    "SequenceModel",
+    "Trainer",
+    "export_safetensors",
+    "fit",
+    "import_safetensors",
+    "load_checkpoint",
+    "lr_find",
+    "save_checkpoint",
+    "seed_everything",
+    "distributed",
+    "tasks",
     "GRU",
     "GRUCell",
     "LSTM",
