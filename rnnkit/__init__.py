@@ -9,6 +9,7 @@ from pathlib import Path as _Path
 from rnnkit.cells import GRUCell, LSTMCell, RecurrentCell, RNNCell
 from rnnkit.padding import lengths_to_mask, mask_to_lengths
 from rnnkit.recurrent import GRU, LSTM, RNN, Recurrent, explain_fast_path
+from rnnkit.scan import MinGRU, MinLSTM, MinRNNStack, linear_scan
 
 __version__ = "0.1.0"
 
@@ -40,11 +41,15 @@ __all__ = [
     "GRUCell",
     "LSTM",
     "LSTMCell",
+    "MinGRU",
+    "MinLSTM",
+    "MinRNNStack",
     "RNN",
     "RNNCell",
     "Recurrent",
     "RecurrentCell",
     "explain_fast_path",
     "lengths_to_mask",
+    "linear_scan",
     "mask_to_lengths",
 ]
