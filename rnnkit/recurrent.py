@@ -211,7 +211,7 @@ def _fused_segments(
             start = end
         ended = (lengths == end).to(x.device)[None, :, None]
         final = _where(ended, state, final)
-    if start < x.shape[0]:  # steps past the longest sequence: outputs are zero
+    if start < x.shape[0] or not outputs:  # steps past the longest sequence: outputs are zero
         width = _state_output(final).shape[-1]
         outputs.append(x.new_zeros(x.shape[0] - start, x.shape[1], width))
     valid = torch.arange(x.shape[0], device=x.device)[:, None] < lengths.to(x.device)[None, :]
