@@ -48,6 +48,7 @@ from rnnkit.sampling import (
     PaddingStats,
     padding_stats,
 )
+from rnnkit.scan import MinGRU, MinLSTM, MinRNNStack, linear_scan
 from rnnkit.seeding import seed_everything
 from rnnkit.train import Trainer
 
@@ -103,12 +104,16 @@ __all__ = [
     "GRUCell",
     "LSTM",
     "LSTMCell",
+    "MinGRU",
+    "MinLSTM",
+    "MinRNNStack",
     "RNN",
     "RNNCell",
     "Recurrent",
     "RecurrentCell",
     "explain_fast_path",
     "lengths_to_mask",
+    "linear_scan",
     "mask_to_lengths",
     "BucketBatchSampler",
     "DistributedBucketSampler",
