@@ -102,11 +102,15 @@ def run_cell(
     Returns the outputs ``(T, B, H)`` in time order and the final state.
     """
     outputs = []
+    # unbind, not x_proj[t]: indexing would make the backward pass fill a zero gradient of the
+    # whole sequence at every step (quadratic in T); unbind's backward stacks once.
+    inputs = x_proj.unbind(0)
+    masks = valid.unsqueeze(-1).unbind(0) if valid is not None else None
     times = range(x_proj.shape[0] - 1, -1, -1) if reverse else range(x_proj.shape[0])
     for t in times:
-        new = step(x_proj[t], state)
-        if valid is not None:
-            keep = valid[t].unsqueeze(-1)
+        new = step(inputs[t], state)
+        if masks is not None:
+            keep = masks[t]
             new = _where(keep, new, state)
         out = _state_output(new)
         if observe is not None:
