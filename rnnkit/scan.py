@@ -151,8 +151,8 @@ def linear_scan(a: Tensor, b: Tensor, h0: Tensor, *, reverse: bool = False) -> T
 def _linear_loop(a: Tensor, b: Tensor, h0: Tensor) -> Tensor:
     """The same recurrence step by step (autograd records every step)."""
     states, h = [], h0
-    for t in range(a.shape[0]):
-        h = torch.addcmul(b[t], a[t], h)
+    for a_t, b_t in zip(a.unbind(0), b.unbind(0), strict=True):  # unbind: see run_cell
+        h = torch.addcmul(b_t, a_t, h)
         states.append(h)
     return torch.stack(states) if states else b.clone()
 
