@@ -9,6 +9,7 @@ from pathlib import Path as _Path
 from rnnkit.cells import GRUCell, LSTMCell, RecurrentCell, RNNCell
 from rnnkit.padding import lengths_to_mask, mask_to_lengths
 from rnnkit.recurrent import GRU, LSTM, RNN, Recurrent, explain_fast_path
+from rnnkit.variants import IndRNNCell, LayerNormGRUCell, LayerNormLSTMCell
 
 __version__ = "0.1.0"
 
@@ -47,4 +48,7 @@ __all__ = [
     "explain_fast_path",
     "lengths_to_mask",
     "mask_to_lengths",
+    "IndRNNCell",
+    "LayerNormGRUCell",
+    "LayerNormLSTMCell",
 ]
