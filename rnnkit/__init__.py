@@ -7,9 +7,20 @@ The Jupyter layer lives in ``rnnkit.widgets`` and is never imported by the core.
 from pathlib import Path as _Path
 
 from rnnkit.cells import GRUCell, LSTMCell, RecurrentCell, RNNCell
+from rnnkit.clipping import NonFiniteGradientError, clip_gradients
+from rnnkit.init import init_recurrent
 from rnnkit.padding import lengths_to_mask, mask_to_lengths
 from rnnkit.recurrent import GRU, LSTM, RNN, Recurrent, explain_fast_path
+from rnnkit.regularization import (
+    ActivationRegularization,
+    LockedDropout,
+    Zoneout,
+    activation_regularization,
+    embedding_dropout,
+)
+from rnnkit.units import RecurrentUnit, recurrent_units
 from rnnkit.variants import IndRNNCell, LayerNormGRUCell, LayerNormLSTMCell
+from rnnkit.weight_drop import WeightDrop
 
 __version__ = "0.1.0"
 
@@ -48,7 +59,18 @@ __all__ = [
     "explain_fast_path",
     "lengths_to_mask",
     "mask_to_lengths",
+    "ActivationRegularization",
     "IndRNNCell",
     "LayerNormGRUCell",
     "LayerNormLSTMCell",
+    "LockedDropout",
+    "NonFiniteGradientError",
+    "RecurrentUnit",
+    "WeightDrop",
+    "Zoneout",
+    "activation_regularization",
+    "clip_gradients",
+    "embedding_dropout",
+    "init_recurrent",
+    "recurrent_units",
 ]
