@@ -8,6 +8,7 @@ from pathlib import Path as _Path
 
 from rnnkit.cells import GRUCell, LSTMCell, RecurrentCell, RNNCell
 from rnnkit.clipping import NonFiniteGradientError, clip_gradients
+from rnnkit.diagnostics import GradientFlow, gradient_flow, saturation, spectral_radius
 from rnnkit.init import init_recurrent
 from rnnkit.padding import lengths_to_mask, mask_to_lengths
 from rnnkit.recurrent import GRU, LSTM, RNN, Recurrent, explain_fast_path
@@ -18,6 +19,7 @@ from rnnkit.regularization import (
     activation_regularization,
     embedding_dropout,
 )
+from rnnkit.tbptt import Chunk, detach_state, tbptt
 from rnnkit.units import RecurrentUnit, recurrent_units
 from rnnkit.variants import IndRNNCell, LayerNormGRUCell, LayerNormLSTMCell
 from rnnkit.weight_drop import WeightDrop
@@ -60,6 +62,8 @@ __all__ = [
     "lengths_to_mask",
     "mask_to_lengths",
     "ActivationRegularization",
+    "Chunk",
+    "GradientFlow",
     "IndRNNCell",
     "LayerNormGRUCell",
     "LayerNormLSTMCell",
@@ -70,7 +74,12 @@ __all__ = [
     "Zoneout",
     "activation_regularization",
     "clip_gradients",
+    "detach_state",
     "embedding_dropout",
+    "gradient_flow",
     "init_recurrent",
     "recurrent_units",
+    "saturation",
+    "spectral_radius",
+    "tbptt",
 ]
