@@ -26,6 +26,9 @@ from rnnkit.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
+from rnnkit.clipping import NonFiniteGradientError, clip_gradients
+from rnnkit.diagnostics import GradientFlow, gradient_flow, saturation, spectral_radius
+from rnnkit.init import init_recurrent
 from rnnkit.kerasfit import fit
 from rnnkit.lr_find import LRFinderResult, lr_find
 from rnnkit.models import SequenceModel
@@ -42,6 +45,13 @@ from rnnkit.padding import (
     unpad,
 )
 from rnnkit.recurrent import GRU, LSTM, RNN, Recurrent, explain_fast_path
+from rnnkit.regularization import (
+    ActivationRegularization,
+    LockedDropout,
+    Zoneout,
+    activation_regularization,
+    embedding_dropout,
+)
 from rnnkit.sampling import (
     BucketBatchSampler,
     DistributedBucketSampler,
@@ -50,7 +60,11 @@ from rnnkit.sampling import (
 )
 from rnnkit.scan import MinGRU, MinLSTM, MinRNNStack, linear_scan
 from rnnkit.seeding import seed_everything
+from rnnkit.tbptt import Chunk, detach_state, tbptt
 from rnnkit.train import Trainer
+from rnnkit.units import RecurrentUnit, recurrent_units
+from rnnkit.variants import IndRNNCell, LayerNormGRUCell, LayerNormLSTMCell
+from rnnkit.weight_drop import WeightDrop
 
 __version__ = "0.1.0"
 
@@ -127,4 +141,25 @@ __all__ = [
     "padding_stats",
     "sequence_loss",
     "unpad",
+    "ActivationRegularization",
+    "Chunk",
+    "GradientFlow",
+    "IndRNNCell",
+    "LayerNormGRUCell",
+    "LayerNormLSTMCell",
+    "LockedDropout",
+    "NonFiniteGradientError",
+    "RecurrentUnit",
+    "WeightDrop",
+    "Zoneout",
+    "activation_regularization",
+    "clip_gradients",
+    "detach_state",
+    "embedding_dropout",
+    "gradient_flow",
+    "init_recurrent",
+    "recurrent_units",
+    "saturation",
+    "spectral_radius",
+    "tbptt",
 ]
