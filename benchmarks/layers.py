@@ -3,7 +3,8 @@
 * fused path: ``rnnkit.LSTM``/``rnnkit.GRU`` (subclasses of ``torch.nn.LSTM``/``GRU`` that call
   the same kernel) against ``torch.nn.LSTM``/``GRU``: the overhead of rnnkit's wrapper, target
   <= 1.03x;
-* own loop: ``rnnkit.LSTM(engine="loop")``, the engine custom cells run on, against
+* own loop: ``rnnkit.LSTM(engine="loop")``, the engine custom cells run on, and a LayerNorm
+  LSTM (``rnnkit.Recurrent(rnnkit.LayerNormLSTMCell(...))``, which has no fused kernel) against
   ``torch.nn.LSTM`` (cuDNN on GPU): target <= 1.5x on CPU, <= 2x on GPU.
 
 Full sizes T=100, B=64, I=H=512 (the design document's); ``quick`` shrinks them.
@@ -43,11 +44,18 @@ def run(quick: bool = False) -> list[dict]:
             nn.LSTM(size, size),
             "<= 2x (GPU)" if cuda else "<= 1.5x (CPU)",
         ),
+        (
+            "LayerNorm LSTM (own loop)",
+            rnnkit.Recurrent(rnnkit.LayerNormLSTMCell(size, size)),
+            nn.LSTM(size, size),
+            "<= 2x (GPU)" if cuda else "<= 1.5x (CPU)",
+        ),
     ]
     rows = []
     for label, ours, reference, target in cases:
         ours, reference = ours.to(device), reference.to(device)
-        reference.load_state_dict(ours.state_dict())
+        if not isinstance(ours, rnnkit.Recurrent):  # a LayerNorm LSTM has other parameters
+            reference.load_state_dict(ours.state_dict())
         ours_ms, reference_ms = time_pair(
             _forward_backward(ours, x),
             _forward_backward(reference, x),
