@@ -49,6 +49,7 @@ from rnnkit.sampling import (
     padding_stats,
 )
 from rnnkit.seeding import seed_everything
+from rnnkit.trace import StateTrace, trace_states
 from rnnkit.train import Trainer
 
 __version__ = "0.1.0"
@@ -121,4 +122,6 @@ __all__ = [
     "padding_stats",
     "sequence_loss",
     "unpad",
+    "StateTrace",
+    "trace_states",
 ]
