@@ -221,3 +221,12 @@ def test_chart_reads_incrementally_and_places_validation_at_epoch_ends():
     assert not chart.read(history)
     assert chart.render(max_points=3).startswith(PNG)
     assert len(chart.loss_line.get_xdata()) == 3
+
+
+def test_stop_right_after_start_is_not_lost():
+    trainer, _, data = small_run()
+    panel = TrainingPanel(trainer, data, epochs=100000, batch_size=8)
+    panel.start()
+    panel.stop()  # most likely before the trainer has begun
+    assert panel.wait(timeout=120)
+    assert trainer.status == "stopped" and trainer.step <= 1

@@ -9,11 +9,13 @@
 
 Each explorer has ``widget`` (what a notebook shows), ``update()`` (recompute and redraw; the
 controls call it when changed), ``figure`` (the matplotlib figure), ``png`` and ``snapshot()``
-(the picture as a static image for a saved notebook) and ``result`` (what the API returned).
+(the picture as a static image for a saved notebook), ``result`` (what the API returned) and
+``error`` (what it raised, also shown in the info line).
 """
 
 from __future__ import annotations
 
+import html
 import io
 import math
 
@@ -38,15 +40,26 @@ class _Explorer:
         self.figure: Figure | None = None
         self.png: bytes = b""
         self.result = None
+        self.error: Exception | None = None
         self.widget = w.VBox([w.HBox(row) for row in rows] + [self.info, self.image])
         for row in rows:
             for control in row:
                 control.observe(lambda _: self.update(), "value")
 
     def update(self) -> None:
+        """Recompute with the controls' values and redraw; an error of the API call (e.g. a
+        recipe that does not fit the cell) is shown in the info line and kept in ``error``."""
         self.figure = Figure(figsize=self._figsize(), dpi=80, layout="constrained")
         FigureCanvasAgg(self.figure)
-        self.info.value = self._draw(self.figure)
+        try:
+            self.info.value = self._draw(self.figure)
+            self.error = None
+        except (TypeError, ValueError) as err:
+            self.error = err
+            self.info.value = (
+                f"<b style='color:#c62828'>{html.escape(f'{type(err).__name__}: {err}')}</b>"
+            )
+            return
         buffer = io.BytesIO()
         self.figure.savefig(buffer, format="png")
         self.png = buffer.getvalue()
@@ -311,9 +324,7 @@ class PaddingExplorer(_Explorer):
 def _two_colours():
     from matplotlib.colors import ListedColormap
 
-    cmap = ListedColormap(["tab:red", "tab:blue"])
-    cmap.set_bad("white")
-    return cmap
+    return ListedColormap(["tab:red", "tab:blue"]).with_extremes(bad="white")
 
 
 class HiddenStateExplorer(_Explorer):

@@ -113,11 +113,13 @@ class TrainingPanel:
         self._run_thread: threading.Thread | None = None
         self._watcher: threading.Thread | None = None
         self._pause_requested = False
+        self._stop_requested = False
         self._run_epochs = (0, epochs)  # (first epoch, end epoch) of the current run
         self._run_first_step = 0
         self._started = 0.0
         self._ids = {"summary": uuid.uuid4().hex, "chart": uuid.uuid4().hex}
         self._shown = False
+        trainer.callbacks.append(_StopBeforeBegin(self))
 
         self.start_button = w.Button(description="Start", icon="play", button_style="success")
         self.pause_button = w.Button(description="Pause", icon="pause", disabled=True)
@@ -211,6 +213,7 @@ class TrainingPanel:
     def stop(self) -> None:
         """End the run at its next step boundary (keeps model and history)."""
         self._pause_requested = False
+        self._stop_requested = True
         self.trainer.stop()
 
     def wait(self, timeout: float | None = None) -> bool:
@@ -252,7 +255,7 @@ class TrainingPanel:
         first = self.trainer.epoch
         self._run_epochs = (first, first + self.epochs_box.value)
         self._run_first_step = self.trainer.step
-        self._pause_requested = False
+        self._pause_requested = self._stop_requested = False
         self.error = None
         self._started = time.perf_counter()
         done = threading.Event()
@@ -416,6 +419,18 @@ class TrainingPanel:
 
     def __repr__(self) -> str:
         return f"TrainingPanel({self.status}, step {self.trainer.step})"
+
+
+class _StopBeforeBegin(rnnkit.Callback):
+    """Re-issues a Stop that came between Start and the trainer's start: ``trainer.fit``
+    clears earlier stop requests when it begins."""
+
+    def __init__(self, panel: TrainingPanel) -> None:
+        self.panel = panel
+
+    def on_fit_begin(self, trainer: rnnkit.Trainer) -> None:
+        if self.panel._stop_requested:
+            trainer.stop()
 
 
 def _escape(text: str) -> str:
