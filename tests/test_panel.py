@@ -157,11 +157,12 @@ def test_display_leaves_a_static_chart_and_summary():
     assert shown[1].data["text/plain"].startswith("idle")
     ids = {o.transient["display_id"] for o in shown[1:]}
     assert {o.transient["display_id"] for o in updates} == ids
-    summary = next(o for o in updates if "image/png" not in o.data)
-    chart = next(o for o in updates if "image/png" in o.data)
+    assert [o.data["text/plain"] for o in updates[:2]] == ["running...", ""]  # run begins
+    summary, chart = updates[2:]  # run ends
     assert "finished at epoch 2/2" in summary.data["text/plain"]
     assert "val_loss" in summary.data["text/plain"]
     assert chart.data["image/png"] and panel.chart_png.startswith(PNG)
+    assert panel.chart_image.layout.display == "none"  # the static chart replaces the live one
 
 
 def test_from_model_and_bad_arguments():

@@ -37,7 +37,6 @@ class TrainingChart:
         self.loss_ax.set(title="loss", xlabel="step")
         self.grad_ax.set(title="gradient norm (before clipping)", xlabel="step", yscale="log")
         self.lr_ax.set(title="learning rate", xlabel="step", yscale="log")
-        self.loss_ax.legend(loc="upper right", fontsize="small")
         self.steps: list[int] = []
         self.step_epochs: list[int] = []
         self.loss: list[float] = []
@@ -75,6 +74,8 @@ class TrainingChart:
         self.grad_line.set_data(x, self.grad_norm[::stride])
         self.lr_line.set_data(x, self.lr[::stride])
         self.val_line.set_data(self.val_steps, self.val_loss)
+        if self.val_steps and self.loss_ax.get_legend() is None:
+            self.loss_ax.legend(loc="upper right", fontsize="small")
         for ax in (self.loss_ax, self.grad_ax, self.lr_ax):
             ax.relim()
             ax.autoscale_view()

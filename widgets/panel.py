@@ -64,9 +64,9 @@ class TrainingPanel:
     ``render_budget`` of the wall time (a redraw costs tens of milliseconds).
 
     When a run ends the watcher draws the chart a last time and writes a static image of it and
-    a text summary into the notebook output where the panel is displayed (display-id updates),
-    so a saved notebook shows the result without a kernel; ``summary`` and ``chart_png`` hold
-    the same. Start after a run continues training for ``epochs`` more epochs.
+    a text summary into the notebook output below the panel (display-id updates; the live chart
+    is then hidden), so a saved notebook shows the result without a kernel; ``summary`` and
+    ``chart_png`` hold the same. Start after a run continues for ``epochs`` more epochs.
 
     Args:
         trainer: the trainer to drive.
@@ -136,7 +136,7 @@ class TrainingPanel:
         self.clip_slider.disabled = clip is None
         self.progress = w.IntProgress(value=0, min=0, max=1, layout={"width": "240px"})
         self.status_label = w.HTML(value=self._status_html())
-        self.chart_image = w.Image(format="png")  # drawn once there is data
+        self.chart_image = w.Image(format="png", layout={"display": "none"})  # shown with data
         self.widget = w.VBox(
             [
                 w.HBox([self.start_button, self.pause_button, self.stop_button, self.epochs_box]),
@@ -284,6 +284,7 @@ class TrainingPanel:
 
     def _watch(self, done: threading.Event) -> None:
         """The one thread that updates the widgets during a run."""
+        self._publish(running=True)
         self._set(self.start_button, "disabled", True)
         self._set(self.epochs_box, "disabled", True)
         self._set(self.pause_button, "disabled", False)
@@ -298,6 +299,7 @@ class TrainingPanel:
                 )
         self._chart.read(self.trainer.history)
         self._draw()
+        self._set(self.chart_image.layout, "display", "none")  # the static copy takes over
         self._show_state()
         self._set(self.start_button, "disabled", False)
         self._set(self.epochs_box, "disabled", False)
@@ -310,6 +312,7 @@ class TrainingPanel:
         began = time.perf_counter()
         self.chart_png = self._chart.render()
         self.chart_image.value = self.chart_png
+        self._set(self.chart_image.layout, "display", None)
         self.redraws += 1
         return time.perf_counter() - began
 
@@ -408,14 +411,17 @@ class TrainingPanel:
             "text/plain": "<the chart of the run: loss, gradient norm, learning rate>",
         }
 
-    def _publish(self) -> None:
-        """Write the summary and the final chart into the displayed outputs."""
+    def _publish(self, running: bool = False) -> None:
+        """Write the summary and the final chart into the displayed outputs (while running:
+        empty them, the live chart is in the panel)."""
         if not self._shown:
             return
         from IPython.display import update_display
 
-        update_display({"text/plain": self.summary}, raw=True, display_id=self._ids["summary"])
-        update_display(self._chart_bundle(), raw=True, display_id=self._ids["chart"])
+        summary = {"text/plain": "running..." if running else self.summary}
+        chart = {"text/plain": ""} if running else self._chart_bundle()
+        update_display(summary, raw=True, display_id=self._ids["summary"])
+        update_display(chart, raw=True, display_id=self._ids["chart"])
 
     def __repr__(self) -> str:
         return f"TrainingPanel({self.status}, step {self.trainer.step})"
