@@ -26,6 +26,9 @@ from rnnkit.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
+from rnnkit.clipping import NonFiniteGradientError, clip_gradients
+from rnnkit.diagnostics import GradientFlow, gradient_flow, saturation, spectral_radius
+from rnnkit.init import init_recurrent
 from rnnkit.kerasfit import fit
 from rnnkit.lr_find import LRFinderResult, lr_find
 from rnnkit.models import SequenceModel
@@ -42,6 +45,13 @@ from rnnkit.padding import (
     unpad,
 )
 from rnnkit.recurrent import GRU, LSTM, RNN, Recurrent, explain_fast_path
+from rnnkit.regularization import (
+    ActivationRegularization,
+    LockedDropout,
+    Zoneout,
+    activation_regularization,
+    embedding_dropout,
+)
 from rnnkit.sampling import (
     BucketBatchSampler,
     DistributedBucketSampler,
@@ -49,8 +59,12 @@ from rnnkit.sampling import (
     padding_stats,
 )
 from rnnkit.seeding import seed_everything
+from rnnkit.tbptt import Chunk, detach_state, tbptt
 from rnnkit.trace import StateTrace, trace_states
 from rnnkit.train import Trainer
+from rnnkit.units import RecurrentUnit, recurrent_units
+from rnnkit.variants import IndRNNCell, LayerNormGRUCell, LayerNormLSTMCell
+from rnnkit.weight_drop import WeightDrop
 
 __version__ = "0.1.0"
 
@@ -124,4 +138,25 @@ __all__ = [
     "unpad",
     "StateTrace",
     "trace_states",
+    "ActivationRegularization",
+    "Chunk",
+    "GradientFlow",
+    "IndRNNCell",
+    "LayerNormGRUCell",
+    "LayerNormLSTMCell",
+    "LockedDropout",
+    "NonFiniteGradientError",
+    "RecurrentUnit",
+    "WeightDrop",
+    "Zoneout",
+    "activation_regularization",
+    "clip_gradients",
+    "detach_state",
+    "embedding_dropout",
+    "gradient_flow",
+    "init_recurrent",
+    "recurrent_units",
+    "saturation",
+    "spectral_radius",
+    "tbptt",
 ]
