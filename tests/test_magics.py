@@ -5,7 +5,7 @@ import platform
 import pytest
 import torch
 from IPython.core.error import UsageError
-from IPython.testing.globalipapp import get_ipython
+from IPython.testing import globalipapp
 from IPython.utils.capture import capture_output
 
 import rnnkit
@@ -20,7 +20,7 @@ needs_diagnostics = pytest.mark.skipif(
 
 @pytest.fixture(scope="module")
 def ip():
-    shell = get_ipython()
+    shell = globalipapp.get_ipython()
     shell.run_line_magic("load_ext", "rnnkit")
     return shell
 

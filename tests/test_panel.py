@@ -4,7 +4,7 @@ import time
 
 import pytest
 import torch
-from IPython.testing.globalipapp import get_ipython
+from IPython.testing import globalipapp
 from IPython.utils.capture import capture_output
 
 import rnnkit
@@ -146,7 +146,7 @@ def test_blocking_fit_raises_after_showing_the_failure():
 
 
 def test_display_leaves_a_static_chart_and_summary():
-    get_ipython()  # an IPython shell, so that fit() displays the panel
+    globalipapp.get_ipython()  # an IPython shell, so that fit() displays the panel
     trainer, _, data = small_run()
     panel = TrainingPanel(trainer, data, data, epochs=2, batch_size=16)
     with capture_output() as captured:
@@ -231,3 +231,26 @@ def test_stop_right_after_start_is_not_lost():
     panel.stop()  # most likely before the trainer has begun
     assert panel.wait(timeout=120)
     assert trainer.status == "stopped" and trainer.step <= 1
+
+
+def test_pause_right_after_start_is_not_lost():
+    trainer, optimizer, data = small_run()
+    panel = TrainingPanel(trainer, data, epochs=100000, batch_size=8)
+    panel.start()
+    panel.pause()  # most likely before the trainer has begun
+    try:
+        wait_for(lambda: trainer.status == "paused", "the pause")
+        assert len(optimizer.seen) <= 1
+    finally:
+        panel.stop()
+        assert panel.wait(timeout=120)
+    assert trainer.status == "stopped"
+
+
+def test_max_steps_per_run():
+    trainer, _, data = small_run()
+    panel = TrainingPanel(trainer, data, epochs=10, batch_size=8, max_steps=5)
+    panel.fit()
+    assert trainer.step == 5 and panel.progress.max == 5 and panel.progress.value == 5
+    panel.fit()
+    assert trainer.step == 10 and panel.progress.value == 5

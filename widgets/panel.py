@@ -73,7 +73,7 @@ class TrainingPanel:
         train, val: training and validation data, as ``trainer.fit`` takes them.
         epochs: epochs per run (the epochs box).
         batch_size: batch size when ``train``/``val`` are tensors.
-        max_steps: passed to ``trainer.fit``.
+        max_steps: passed to ``trainer.fit``: at most this many steps per run.
         lr_range, clip_range: ranges of the sliders (widened to include the current values).
     """
 
@@ -119,7 +119,7 @@ class TrainingPanel:
         self._started = 0.0
         self._ids = {"summary": uuid.uuid4().hex, "chart": uuid.uuid4().hex}
         self._shown = False
-        trainer.callbacks.append(_StopBeforeBegin(self))
+        trainer.callbacks.append(_RequestsBeforeBegin(self))
 
         self.start_button = w.Button(description="Start", icon="play", button_style="success")
         self.pause_button = w.Button(description="Pause", icon="pause", disabled=True)
@@ -269,7 +269,7 @@ class TrainingPanel:
         self.trainer.fit(
             self.train,
             self.val,
-            epochs=self._run_epochs[1],
+            epochs=self._run_epochs[1] - self._run_epochs[0],
             batch_size=self.batch_size,
             max_steps=self.max_steps,
         )
@@ -327,8 +327,7 @@ class TrainingPanel:
         first, end = self._run_epochs
         total = per_epoch * (end - first) if per_epoch else None
         if self.max_steps is not None:
-            left = max(self.max_steps - self._run_first_step, 0)
-            total = left if total is None else min(total, left)
+            total = self.max_steps if total is None else min(total, self.max_steps)
         self._set(self.progress, "max", max(total or 1, 1))
         self._set(self.progress, "value", min(trainer.step - self._run_first_step, total or 0))
         paused = trainer.status == "paused" or self._pause_requested
@@ -427,9 +426,9 @@ class TrainingPanel:
         return f"TrainingPanel({self.status}, step {self.trainer.step})"
 
 
-class _StopBeforeBegin(rnnkit.Callback):
-    """Re-issues a Stop that came between Start and the trainer's start: ``trainer.fit``
-    clears earlier stop requests when it begins."""
+class _RequestsBeforeBegin(rnnkit.Callback):
+    """Re-issues a Stop or Pause that came between Start and the trainer's start:
+    ``trainer.fit`` clears earlier requests when it begins."""
 
     def __init__(self, panel: TrainingPanel) -> None:
         self.panel = panel
@@ -437,6 +436,8 @@ class _StopBeforeBegin(rnnkit.Callback):
     def on_fit_begin(self, trainer: rnnkit.Trainer) -> None:
         if self.panel._stop_requested:
             trainer.stop()
+        elif self.panel._pause_requested:
+            trainer.pause()
 
 
 def _escape(text: str) -> str:
