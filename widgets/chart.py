@@ -15,6 +15,7 @@ import math
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import LogLocator, MaxNLocator, NullLocator
 
 
 def _finite(value) -> float:
@@ -37,6 +38,12 @@ class TrainingChart:
         self.loss_ax.set(title="loss", xlabel="step")
         self.grad_ax.set(title="gradient norm (before clipping)", xlabel="step", yscale="log")
         self.lr_ax.set(title="learning rate", xlabel="step", yscale="log")
+        for ax in (self.loss_ax, self.grad_ax, self.lr_ax):  # few ticks: text is most of a draw
+            ax.xaxis.set_major_locator(MaxNLocator(4, integer=True))
+            ax.yaxis.set_minor_locator(NullLocator())
+        self.loss_ax.yaxis.set_major_locator(MaxNLocator(4))
+        for ax in (self.grad_ax, self.lr_ax):
+            ax.yaxis.set_major_locator(LogLocator(numticks=4))
         self.steps: list[int] = []
         self.step_epochs: list[int] = []
         self.loss: list[float] = []
@@ -81,6 +88,9 @@ class TrainingChart:
             ax.autoscale_view()
         if self.lr and min(self.lr) == max(self.lr):  # a flat line: give log axes a span
             self.lr_ax.set_ylim(self.lr[0] / 2, self.lr[0] * 2)
+        self.lr_ax.set_title(
+            f"learning rate (now {self.lr[-1]:.3g})" if self.lr else "learning rate"
+        )
         buffer = io.BytesIO()
         self.figure.savefig(buffer, format="png", pil_kwargs={"compress_level": 1})
         return buffer.getvalue()

@@ -75,6 +75,9 @@ class TrainingPanel:
         batch_size: batch size when ``train``/``val`` are tensors.
         max_steps: passed to ``trainer.fit``: at most this many steps per run.
         lr_range, clip_range: ranges of the sliders (widened to include the current values).
+        redraw_interval: shortest time between two live redraws of the chart, in seconds.
+        render_budget: largest fraction of the wall time spent drawing the live chart.
+        tick: how often the watcher updates status and progress, in seconds.
     """
 
     def __init__(
@@ -89,7 +92,7 @@ class TrainingPanel:
         lr_range: tuple[float, float] = (1e-5, 1.0),
         clip_range: tuple[float, float] = (1e-3, 1e2),
         redraw_interval: float = 0.25,
-        render_budget: float = 0.04,
+        render_budget: float = 0.02,
         tick: float = 0.1,
     ) -> None:
         if not isinstance(trainer, rnnkit.Trainer):
@@ -289,7 +292,7 @@ class TrainingPanel:
         self._set(self.epochs_box, "disabled", True)
         self._set(self.pause_button, "disabled", False)
         self._set(self.stop_button, "disabled", False)
-        next_draw = 0.0
+        next_draw = time.perf_counter() + self.redraw_interval
         while not done.wait(self.tick):
             self._show_state()
             if time.perf_counter() >= next_draw and self._chart.read(self.trainer.history):
