@@ -61,6 +61,7 @@ from rnnkit.sampling import (
 from rnnkit.scan import MinGRU, MinLSTM, MinRNNStack, linear_scan
 from rnnkit.seeding import seed_everything
 from rnnkit.tbptt import Chunk, detach_state, tbptt
+from rnnkit.trace import StateTrace, trace_states
 from rnnkit.train import Trainer
 from rnnkit.units import RecurrentUnit, recurrent_units
 from rnnkit.variants import IndRNNCell, LayerNormGRUCell, LayerNormLSTMCell
@@ -141,6 +142,8 @@ __all__ = [
     "padding_stats",
     "sequence_loss",
     "unpad",
+    "StateTrace",
+    "trace_states",
     "ActivationRegularization",
     "Chunk",
     "GradientFlow",

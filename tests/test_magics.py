@@ -5,22 +5,52 @@ import platform
 import pytest
 import torch
 from IPython.core.error import UsageError
-from IPython.testing.globalipapp import get_ipython
+from IPython.testing import globalipapp
+from IPython.utils.capture import capture_output
 
 import rnnkit
+from rnnkit.widgets import TrainingPanel
+from rnnkit.widgets.magics import SUBCOMMANDS, TRAIN_KEYS
+
+needs_diagnostics = pytest.mark.skipif(
+    not hasattr(rnnkit, "gradient_flow"),
+    reason="rnnkit.gradient_flow / spectral_radius (the diagnostics of branch tricks) not merged",
+)
 
 
 @pytest.fixture(scope="module")
 def ip():
-    shell = get_ipython()
+    shell = globalipapp.get_ipython()
     shell.run_line_magic("load_ext", "rnnkit")
     return shell
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    # Two intra-op threads on a shared two-core machine make tiny models tens of times slower.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def workspace(ip):
+    rnnkit.seed_everything(0)
+    ip.user_ns["model"] = rnnkit.SequenceModel(2, 6, 1, cell="gru")
+    ip.user_ns["data"] = rnnkit.tasks.adding_problem(48, 8)
+    ip.user_ns["val"] = rnnkit.tasks.adding_problem(16, 8, seed=1)
+    ip.user_ns["number"] = 3
+    yield ip.user_ns
+    for name in ("model", "data", "val", "number", "panel", "p", "run", "flow"):
+        ip.user_ns.pop(name, None)
 
 
 def test_load_twice_is_harmless(ip):
     ip.run_line_magic("load_ext", "rnnkit")
     ip.run_line_magic("reload_ext", "rnnkit")
     assert "rnnkit" in ip.magics_manager.magics["line"]
+    assert "rnnkit" in ip.magics_manager.magics["cell"]
 
 
 def test_info_prints_versions_device_threads_cudnn(ip, capsys):
@@ -39,10 +69,210 @@ def test_bad_subcommand_is_a_usage_error(ip):
         ip.run_line_magic("rnnkit", "fly")
     with pytest.raises(UsageError, match="needs a subcommand"):
         ip.run_line_magic("rnnkit", "")
+    with pytest.raises(UsageError, match="unrecognized arguments: extra"):
+        ip.run_line_magic("rnnkit", "info extra")
+
+
+def test_help_lists_every_subcommand_with_its_python_equivalent(ip):
+    doc = ip.find_line_magic("rnnkit").__doc__
+    for name in SUBCOMMANDS:
+        assert f"%rnnkit {name}" in doc
+    assert "%%rnnkit train [--name NAME] [--start] [--block]" in doc
+    for func in SUBCOMMANDS.values():
+        assert "Python" in func.parser.description, func.parser.prog
+    for key in TRAIN_KEYS:
+        assert key in doc
+
+
+def test_seed(ip, capsys):
+    ip.run_line_magic("rnnkit", "seed 7")
+    drawn = torch.rand(3)
+    torch.manual_seed(7)
+    assert torch.equal(drawn, torch.rand(3))
+    assert "seeded" in capsys.readouterr().out
+    with pytest.raises(UsageError, match="invalid int value: 'seven'") as err:
+        ip.run_line_magic("rnnkit", "seed seven")
+    assert "usage" in str(err.value).lower() or "%rnnkit seed" in str(err.value)
+    with pytest.raises(UsageError, match=r"seed must be in \[0, 2\*\*32\)"):
+        ip.run_line_magic("rnnkit", "seed -- -1")
+    with pytest.raises(UsageError, match="required: seed"):
+        ip.run_line_magic("rnnkit", "seed")
+
+
+def test_train_line_magic_blocking(ip, workspace):
+    ip.run_line_magic(
+        "rnnkit",
+        "train model data --val val --epochs 2 --lr 0.02 --clip 0.5 --batch-size 16 "
+        "--optimizer sgd --name p --block",
+    )
+    panel = workspace["p"]
+    assert isinstance(panel, TrainingPanel)
+    trainer = panel.trainer
+    assert trainer.model is workspace["model"]
+    assert isinstance(trainer.optimizer, torch.optim.SGD) and trainer.lr == pytest.approx(0.02)
+    assert trainer.grad_clip == 0.5
+    assert trainer.status == "finished" and len(trainer.history.epochs) == 2
+    assert trainer.step == 6 and "val_loss" in trainer.history.epochs[-1]
+
+
+def test_train_line_magic_background_then_stop(ip, workspace):
+    ip.run_line_magic("rnnkit", "train model data --epochs 100000 --start")
+    panel = workspace["panel"]
+    try:
+        assert panel.running
+    finally:
+        panel.stop()
+        assert panel.wait(timeout=120)
+    assert panel.trainer.status in ("stopped", "finished")
+
+
+def test_train_line_magic_shows_the_panel_without_running(ip, workspace):
+    with capture_output() as captured:
+        ip.run_line_magic("rnnkit", "train model data")
+    assert workspace["panel"].trainer.status == "idle"
+    assert "application/vnd.jupyter.widget-view+json" in captured.outputs[0].data
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ("train nope data", "no variable 'nope' in the notebook"),
+        ("train number data", "number must be a torch.nn.Module, got int"),
+        ("train model number", r"number must be \(x, y\), \(x, y, lengths\) or a DataLoader"),
+        ("train model data --val nope", "no variable 'nope'"),
+        ("train model data --loss hinge", "unknown loss 'hinge'"),
+        ("train model data --optimizer lbfgs2", "unknown optimizer 'lbfgs2'"),
+        ("train model data --epochs 0", "epochs must be an int >= 1"),
+        ("train model data --epochs many", "invalid int value: 'many'"),
+        ("train model data --clip -1", "grad_clip must be a positive number"),
+        ("train model data --start --block", "--start or --block, not both"),
+        ("train model data --name 2x", "--name must be a Python name"),
+        ("train model", "required: data"),
+    ],
+)
+def test_train_usage_errors(ip, workspace, line, message):
+    with pytest.raises(UsageError, match=message):
+        ip.run_line_magic("rnnkit", line)
+
+
+TOML = """
+cell = "lstm"
+hidden = 5
+layers = 2
+task = "adding"
+seq_len = 6
+n = 40
+n_val = 10
+epochs = 2
+lr = 0.01
+clip = 1
+batch_size = 20
+seed = 3
+"""
+
+
+def test_train_cell_magic_builds_model_data_and_panel(ip, workspace):
+    ip.run_cell_magic("rnnkit", "train --name run --block", TOML)
+    panel = workspace["run"]
+    trainer = panel.trainer
+    assert isinstance(trainer.model.rnn, rnnkit.LSTM)
+    assert trainer.model.rnn.hidden_size == 5 and trainer.model.rnn.num_layers == 2
+    assert trainer.lr == pytest.approx(0.01) and trainer.grad_clip == 1.0
+    assert trainer.status == "finished" and len(trainer.history.epochs) == 2
+    assert trainer.step == 4
+    assert "val_loss" in trainer.history.epochs[-1]
+    assert "accuracy" in trainer.history.epochs[-1]["metrics"]
+    x, _ = panel.train
+    assert torch.equal(x, rnnkit.tasks.adding_problem(40, 6, seed=3)[0])
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ("cell = lstm", "bad TOML in the cell"),
+        ("cells = 'lstm'", "unknown key.*cells.*known keys: cell, hidden"),
+        ("hidden = 'big'", "hidden must be int, got 'big'"),
+        ("hidden = true", "hidden must be int, got True"),
+        ("lr = 'fast'", "lr must be float"),
+        ("task = 'chess'", "unknown task 'chess'; expected one of adding, copy"),
+        ("cell = 'transformer'", "cell must be one of rnn, lstm, gru"),
+        ("optimizer = 'nope'", "unknown optimizer 'nope'"),
+    ],
+)
+def test_train_cell_magic_usage_errors(ip, workspace, body, message):
+    with pytest.raises(UsageError, match=message):
+        ip.run_cell_magic("rnnkit", "train", body)
+
+
+def test_cell_magic_other_subcommands_and_bad_options(ip):
+    with pytest.raises(UsageError, match="cell magic for 'train' only"):
+        ip.run_cell_magic("rnnkit", "info", "x = 1")
+    with pytest.raises(UsageError, match="unrecognized arguments: --epochs"):
+        ip.run_cell_magic("rnnkit", "train --epochs 3", "hidden = 4")
+
+
+def test_compare_prints_a_table_and_plots(ip, capsys):
+    with capture_output() as captured:
+        ip.run_line_magic(
+            "rnnkit", "compare --cells rnn,gru --task adding --seq-len 6 --steps 2 --hidden 4"
+        )
+    out = captured.stdout
+    assert "| rnn |" in out and "| gru |" in out and "| lstm |" not in out
+    assert "task adding, seq_len 6, 2 steps" in out
+    assert captured.outputs and "image/png" in captured.outputs[-1].data
+    with pytest.raises(UsageError, match="expected a comma-separated list of rnn, lstm, gru"):
+        ip.run_line_magic("rnnkit", "compare --cells rnn,transformer")
+    with pytest.raises(UsageError, match="invalid choice: 'chess'"):
+        ip.run_line_magic("rnnkit", "compare --task chess")
+
+
+@needs_diagnostics
+def test_gradflow(ip, workspace):
+    x, y = workspace["data"]
+    workspace["x"], workspace["y"] = x[:4], y[:4]
+    with capture_output() as captured:
+        ip.run_line_magic("rnnkit", "gradflow model x y --name flow")
+    flow = workspace["flow"]
+    expected = rnnkit.gradient_flow(workspace["model"], x[:4], y[:4], torch.nn.functional.mse_loss)
+    torch.testing.assert_close(flow.per_step["rnn.l0"], expected.per_step["rnn.l0"])
+    assert "| rnn.l0 | 8 |" in captured.stdout
+    assert "image/png" in captured.outputs[-1].data
+    with capture_output():
+        ip.run_line_magic("rnnkit", "gradflow model x --name flow")  # L = sum of the output
+    with torch.no_grad():
+        expected_loss = float(workspace["model"](x[:4]).sum())
+    assert workspace["flow"].loss == pytest.approx(expected_loss, 1e-5)
+    with pytest.raises(UsageError, match="no variable 'nope'"):
+        ip.run_line_magic("rnnkit", "gradflow model nope")
+    with pytest.raises(UsageError, match="unknown loss 'hinge'"):
+        ip.run_line_magic("rnnkit", "gradflow model x y --loss hinge")
+    with pytest.raises(UsageError, match="number must be a torch.nn.Module"):
+        ip.run_line_magic("rnnkit", "gradflow number x y")
+
+
+@needs_diagnostics
+def test_check(ip, workspace, capsys):
+    ip.run_line_magic("rnnkit", "check model")
+    out = capsys.readouterr().out
+    model = workspace["model"]
+    total = sum(p.numel() for p in model.parameters())
+    assert f"parameters: {total:,} ({total:,} trainable)" in out
+    assert f"rnn: {sum(p.numel() for p in model.rnn.parameters()):,}" in out
+    assert str(rnnkit.explain_fast_path(model)[0]).splitlines()[0] in out
+    assert "non-finite parameters: none" in out
+    radius = rnnkit.spectral_radius(model)["rnn.l0"]["z"]
+    assert f"z={radius:.3f}" in out
+    with torch.no_grad():
+        model.head.bias.fill_(float("nan"))
+    ip.run_line_magic("rnnkit", "check model")
+    assert "non-finite parameters: head.bias" in capsys.readouterr().out
+    with pytest.raises(UsageError, match="number must be a torch.nn.Module"):
+        ip.run_line_magic("rnnkit", "check number")
 
 
 def test_unload(ip):
     ip.run_line_magic("unload_ext", "rnnkit")
     assert "rnnkit" not in ip.magics_manager.magics["line"]
+    assert "rnnkit" not in ip.magics_manager.magics["cell"]
     ip.run_line_magic("load_ext", "rnnkit")
     assert "rnnkit" in ip.magics_manager.magics["line"]

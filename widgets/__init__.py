@@ -4,6 +4,16 @@ Imported as ``rnnkit.widgets``; the core ``rnnkit`` package never imports it. Ev
 calls rnnkit's public Python API: this layer adds controls and pictures, not logic.
 """
 
+from rnnkit.widgets.explorers import GradientFlowExplorer, HiddenStateExplorer, PaddingExplorer
 from rnnkit.widgets.magics import RNNKitMagics, load_ipython_extension, unload_ipython_extension
+from rnnkit.widgets.panel import TrainingPanel
 
-__all__ = ["RNNKitMagics", "load_ipython_extension", "unload_ipython_extension"]
+__all__ = [
+    "GradientFlowExplorer",
+    "HiddenStateExplorer",
+    "PaddingExplorer",
+    "RNNKitMagics",
+    "TrainingPanel",
+    "load_ipython_extension",
+    "unload_ipython_extension",
+]

@@ -1,46 +1,444 @@
-"""The IPython extension: ``%load_ext rnnkit`` registers the ``%rnnkit`` line magic.
+"""The IPython extension: ``%load_ext rnnkit`` registers ``%rnnkit`` (line) and ``%%rnnkit`` (cell).
 
-Every subcommand is one call of rnnkit's public Python API; each docstring shows that call.
+Every subcommand is one call of rnnkit's public Python API, and its help (``%rnnkit?``) shows
+that call. Bad arguments, unknown names and bad TOML raise ``UsageError`` naming the problem
+(IPython prints it without a traceback).
 """
 
 from __future__ import annotations
 
-import shlex
+import argparse
+import contextlib
+import io
+import sys
 
+import torch
 from IPython.core.error import UsageError
-from IPython.core.magic import Magics, line_magic, magics_class
+from IPython.core.magic import Magics, line_cell_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
+from IPython.display import Image, display
+from IPython.utils.process import arg_split
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from torch import nn
+from torch.utils.data import DataLoader
 
+import rnnkit
 from rnnkit.info import format_environment
+from rnnkit.widgets.panel import TrainingPanel
 
-SUBCOMMANDS = ("info",)
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+
+# ---- one parser per subcommand: its docstring is its help, with the plain-Python equivalent --
+
+
+@magic_arguments("rnnkit info")
+def _info():
+    """Versions of rnnkit, torch and Python, the device, threads and cuDNN.
+
+    Python: ``print(rnnkit.info.format_environment())``
+    """
+
+
+@magic_arguments("rnnkit seed")
+@argument("seed", type=int, help="the seed, an int in [0, 2**32)")
+@argument("--deterministic", action="store_true", help="also ask for deterministic kernels")
+def _seed():
+    """Seed Python's random, NumPy and torch (CPU and CUDA).
+
+    Python: ``rnnkit.seed_everything(N, deterministic=False)``
+    """
+
+
+@magic_arguments("rnnkit train")
+@argument("model", help="name of an nn.Module in the notebook")
+@argument("data", help="name of the training data: (x, y), (x, y, lengths) or a DataLoader")
+@argument("--val", metavar="VAR", help="name of the validation data")
+@argument("--epochs", type=int, default=1, help="epochs per run (default 1)")
+@argument("--lr", type=float, default=None, help="learning rate (default: the optimizer's)")
+@argument("--clip", type=float, default=None, help="max gradient norm (default: off)")
+@argument("--optimizer", default="adam", help="adam, adamw, sgd, rmsprop or adagrad")
+@argument("--loss", default="mse", help="mse, mae, huber, cross_entropy, bce, ...")
+@argument("--metrics", default=None, help="comma-separated metric names, e.g. accuracy")
+@argument("--batch-size", type=int, default=32, help="batch size for tensor data")
+@argument("--name", default="panel", help="store the panel under this name (default panel)")
+@argument("--start", action="store_true", help="start training in the background at once")
+@argument("--block", action="store_true", help="train to the end before the cell returns")
+def _train():
+    """A TrainingPanel for a model and data of the notebook: Start/Pause/Stop, lr and clip
+    sliders, live chart. The panel (with .trainer, .history) is stored under --name.
+
+    Python::
+
+        panel = rnnkit.widgets.TrainingPanel.from_model(
+            model, data, val, optimizer="adam", lr=LR, loss="mse", grad_clip=CLIP,
+            epochs=EPOCHS, batch_size=32)
+        display(panel)            # --block: panel.fit(block=True); --start: panel.start()
+    """
+
+
+@magic_arguments("%rnnkit train")
+@argument("--name", default="panel", help="store the panel under this name (default panel)")
+@argument("--start", action="store_true", help="start training in the background at once")
+@argument("--block", action="store_true", help="train to the end before the cell returns")
+def _train_cell():
+    """The cell magic: model, data and settings from the TOML in the cell, then a TrainingPanel
+    as for %rnnkit train. Keys (defaults): cell ("lstm": rnn, lstm or gru), hidden (32), layers
+    (1), bidirectional (false), dropout (0.0), task ("adding": adding, copy, sine or varlen, as
+    for python -m rnnkit compare), seq_len (50), n (1000 training samples), n_val (200), epochs
+    (1), lr (0.001), clip (off), optimizer ("adam"), batch_size (32), seed (0).
+
+    Python::
+
+        rnnkit.seed_everything(seed)
+        train = rnnkit.tasks.adding_problem(n, seq_len, seed=seed)    # the task's generator
+        val = rnnkit.tasks.adding_problem(n_val, seq_len, seed=seed + 1)
+        model = rnnkit.SequenceModel(2, hidden, 1, cell=cell, num_layers=layers)
+        panel = rnnkit.widgets.TrainingPanel.from_model(model, train, val, lr=lr, ...)
+    """
+
+
+@magic_arguments("rnnkit compare")
+@argument("options", nargs=argparse.REMAINDER, help="as for python -m rnnkit compare")
+def _compare():
+    """Train one small model per cell type on a task with the same data and seed; print a table
+    (held-out loss, accuracy, parameters, time) and plot the loss curves. Options: --cells
+    rnn,lstm,gru --task adding|copy|sine|varlen --seq-len 100 --steps 200 --hidden 32
+    --batch-size 32 --lr 0.01 --grad-clip 1.0 --seed 0.
+
+    Python: ``python -m rnnkit compare --cells rnn,lstm,gru --task adding --seq-len 100``, or
+    ``rnnkit.__main__.main(["compare", "--cells", "rnn,lstm,gru", ...])``
+    """
+
+
+@magic_arguments("rnnkit gradflow")
+@argument("model", help="name of an nn.Module in the notebook")
+@argument("inputs", help="name of its input: a tensor, a tuple of arguments or a dict")
+@argument("targets", nargs="?", help="name of the targets (default: L = sum of the output)")
+@argument("--loss", default="mse", help="loss name when targets are given (default mse)")
+@argument("--name", default=None, help="store the rnnkit.GradientFlow result under this name")
+def _gradflow():
+    """The norm of dL/dh_t at every step of every recurrent layer: the vanishing/exploding curve,
+    plotted, with the first/last step ratio per layer.
+
+    Python: ``flow = rnnkit.gradient_flow(model, inputs, targets, loss_fn)``;
+    ``flow.per_step[layer]`` holds the norms.
+    """
+
+
+@magic_arguments("rnnkit check")
+@argument("model", help="name of an nn.Module in the notebook")
+def _check():
+    """Parameter counts, which engine each recurrent layer runs and why, and init sanity
+    (non-finite parameters, spectral radius of each recurrent matrix per gate).
+
+    Python: ``sum(p.numel() for p in model.parameters())``,
+    ``print(*rnnkit.explain_fast_path(model), sep="\\n")``, ``rnnkit.spectral_radius(model)``
+    """
+
+
+SUBCOMMANDS = {
+    "info": _info,
+    "seed": _seed,
+    "train": _train,
+    "compare": _compare,
+    "gradflow": _gradflow,
+    "check": _check,
+}
+
+TRAIN_KEYS: dict[str, tuple[type, object]] = {
+    # key: (type, default)
+    "cell": (str, "lstm"),
+    "hidden": (int, 32),
+    "layers": (int, 1),
+    "bidirectional": (bool, False),
+    "dropout": (float, 0.0),
+    "task": (str, "adding"),
+    "seq_len": (int, 50),
+    "n": (int, 1000),
+    "n_val": (int, 200),
+    "epochs": (int, 1),
+    "lr": (float, 1e-3),
+    "clip": (float, None),
+    "optimizer": (str, "adam"),
+    "batch_size": (int, 32),
+    "seed": (int, 0),
+}
+
+
+def _parse(sub: str, rest: str, cell: bool = False) -> argparse.Namespace:
+    """Parse a subcommand's arguments; a bad one is a UsageError with the usage line."""
+    func = _train_cell if cell else SUBCOMMANDS[sub]
+    if sub == "compare":  # checked by python -m rnnkit's own parser
+        return argparse.Namespace(options=arg_split(rest))
+    try:
+        return parse_argstring(func, rest)
+    except UsageError as err:
+        prefix = "%%" if cell else "%"
+        raise UsageError(f"{prefix}rnnkit {sub}: {err}\n{func.parser.format_usage()}") from None
+
+
+def _png(figure: Figure) -> bytes:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    return buffer.getvalue()
+
+
+def _new_figure(width: float = 7.0, height: float = 3.2) -> Figure:
+    figure = Figure(figsize=(width, height), dpi=80, layout="constrained")
+    FigureCanvasAgg(figure)
+    return figure
 
 
 @magics_class
 class RNNKitMagics(Magics):
-    """``%rnnkit SUBCOMMAND [options]``."""
+    """``%rnnkit SUBCOMMAND [options]`` and ``%%rnnkit train``."""
 
-    @magic_arguments()
-    @argument("subcommand", help=f"one of: {', '.join(SUBCOMMANDS)}")
-    @argument("rest", nargs="*", help="the subcommand's arguments")
-    @line_magic
-    def rnnkit(self, line: str):
-        """rnnkit from IPython.
-
-        ``%rnnkit info``: versions of rnnkit, torch and Python, the device, thread count and
-        whether cuDNN is available. Python: ``print(rnnkit.info.format_environment())``.
-        """
-        words = shlex.split(line)
-        if not words:
+    @line_cell_magic
+    def rnnkit(self, line: str, cell: str | None = None):
+        sub, _, rest = line.strip().partition(" ")
+        if not sub:
             raise UsageError(f"%rnnkit needs a subcommand: one of {', '.join(SUBCOMMANDS)}")
-        args = parse_argstring(self.rnnkit, line)
-        if args.subcommand == "info":
-            print(format_environment())
-            return None
-        raise UsageError(
-            f"%rnnkit: unknown subcommand {args.subcommand!r}; expected one of "
-            f"{', '.join(SUBCOMMANDS)}"
+        if sub not in SUBCOMMANDS:
+            raise UsageError(
+                f"%rnnkit: unknown subcommand {sub!r}; expected one of {', '.join(SUBCOMMANDS)}"
+            )
+        if cell is not None and sub != "train":
+            raise UsageError(f"%%rnnkit is a cell magic for 'train' only, got {sub!r}")
+        args = _parse(sub, rest, cell=cell is not None)
+        if sub == "train" and cell is not None:
+            return self._train_toml(args, cell)
+        return getattr(self, f"_{sub}")(args)
+
+    # ---- subcommands ------------------------------------------------------------------------
+
+    def _info(self, args) -> None:
+        print(format_environment())
+
+    def _seed(self, args) -> None:
+        try:
+            rnnkit.seed_everything(args.seed, deterministic=args.deterministic)
+        except (TypeError, ValueError) as err:
+            raise UsageError(f"%rnnkit seed: {err}") from None
+        print(f"seeded random, numpy and torch with {args.seed}")
+
+    def _lookup(self, sub: str, name: str, kind: type | tuple | None = None, what: str = ""):
+        if name not in self.shell.user_ns:
+            raise UsageError(f"%rnnkit {sub}: no variable {name!r} in the notebook")
+        value = self.shell.user_ns[name]
+        if kind is not None and not isinstance(value, kind):
+            raise UsageError(f"%rnnkit {sub}: {name} must be {what}, got {type(value).__name__}")
+        return value
+
+    def _data(self, sub: str, name: str):
+        value = self._lookup(sub, name)
+        ok = isinstance(value, DataLoader) or (
+            isinstance(value, (tuple, list)) and len(value) in (2, 3)
         )
+        if not ok:
+            raise UsageError(
+                f"%rnnkit {sub}: {name} must be (x, y), (x, y, lengths) or a DataLoader, "
+                f"got {type(value).__name__}"
+            )
+        return value
+
+    def _show_panel(self, panel: TrainingPanel, args) -> TrainingPanel:
+        if args.start and args.block:
+            raise UsageError("%rnnkit train: pass --start or --block, not both")
+        if not args.name.isidentifier():
+            raise UsageError(f"%rnnkit train: --name must be a Python name, got {args.name!r}")
+        self.shell.user_ns[args.name] = panel
+        display(panel)
+        if args.block:
+            panel.fit(block=True)
+        elif args.start:
+            panel.start()
+        return None
+
+    def _train(self, args):
+        model = self._lookup("train", args.model, nn.Module, "a torch.nn.Module")
+        train = self._data("train", args.data)
+        val = self._data("train", args.val) if args.val else None
+        metrics = args.metrics.split(",") if args.metrics else None
+        try:
+            panel = TrainingPanel.from_model(
+                model,
+                train,
+                val,
+                optimizer=args.optimizer,
+                lr=args.lr,
+                loss=args.loss,
+                metrics=metrics,
+                grad_clip=args.clip,
+                epochs=args.epochs,
+                batch_size=args.batch_size,
+            )
+        except (TypeError, ValueError) as err:
+            raise UsageError(f"%rnnkit train: {err}") from None
+        return self._show_panel(panel, args)
+
+    def _train_toml(self, args, body: str):
+        from rnnkit.__main__ import TASKS
+
+        try:
+            config = tomllib.loads(body)
+        except tomllib.TOMLDecodeError as err:
+            raise UsageError(f"%%rnnkit train: bad TOML in the cell: {err}") from None
+        unknown = sorted(set(config) - set(TRAIN_KEYS))
+        if unknown:
+            raise UsageError(
+                f"%%rnnkit train: unknown key(s) {', '.join(unknown)}; known keys: "
+                f"{', '.join(TRAIN_KEYS)}"
+            )
+        settings = {}
+        for key, (kind, default) in TRAIN_KEYS.items():
+            value = config.get(key, default)
+            if kind is float and isinstance(value, int) and not isinstance(value, bool):
+                value = float(value)
+            if value is not None and (
+                not isinstance(value, kind) or (kind is int and isinstance(value, bool))
+            ):
+                raise UsageError(f"%%rnnkit train: {key} must be {kind.__name__}, got {value!r}")
+            settings[key] = value
+        if settings["task"] not in TASKS:
+            raise UsageError(
+                f"%%rnnkit train: unknown task {settings['task']!r}; expected one of "
+                f"{', '.join(TASKS)}"
+            )
+        spec = TASKS[settings["task"]]
+        seed = settings["seed"]
+        try:
+            rnnkit.seed_everything(seed)
+            train = spec.make(settings["n"], settings["seq_len"], seed)
+            val = spec.make(settings["n_val"], settings["seq_len"], seed + 1)
+            model = rnnkit.SequenceModel(
+                spec.input_size,
+                settings["hidden"],
+                spec.output_size,
+                cell=settings["cell"],
+                num_layers=settings["layers"],
+                bidirectional=settings["bidirectional"],
+                dropout=settings["dropout"],
+                output=spec.output,
+            )
+            panel = TrainingPanel.from_model(
+                model,
+                train,
+                val,
+                optimizer=settings["optimizer"],
+                lr=settings["lr"],
+                loss=spec.loss,
+                metrics={"accuracy": spec.accuracy} if spec.accuracy else None,
+                grad_clip=settings["clip"],
+                epochs=settings["epochs"],
+                batch_size=settings["batch_size"],
+            )
+        except (TypeError, ValueError) as err:
+            raise UsageError(f"%%rnnkit train: {err}") from None
+        return self._show_panel(panel, args)
+
+    def _compare(self, args) -> None:
+        from rnnkit.__main__ import compare, format_table, parser
+
+        stderr = io.StringIO()
+        try:
+            with contextlib.redirect_stderr(stderr):
+                options = parser().parse_args(["compare", *args.options])
+        except SystemExit:
+            message = stderr.getvalue().strip().splitlines()
+            problem = message[-1] if message else "bad arguments"
+            raise UsageError(f"%rnnkit compare: {problem}") from None
+        rows = compare(options)
+        print(format_table(rows, options))
+        figure = _new_figure()
+        ax = figure.subplots()
+        for row in rows:
+            ax.plot(row["curve"], label=row["cell"])
+        ax.set(xlabel="step", ylabel="training loss", yscale="log")
+        ax.set_title(f"{options.task}, seq_len {options.seq_len}")
+        ax.legend()
+        if options.plot:
+            figure.savefig(options.plot)
+        display(Image(data=_png(figure), format="png"))
+
+    def _gradflow(self, args) -> None:
+        model = self._lookup("gradflow", args.model, nn.Module, "a torch.nn.Module")
+        inputs = self._lookup("gradflow", args.inputs)
+        if args.targets is None:
+            targets, loss_fn = None, _output_sum
+        else:
+            targets = self._lookup("gradflow", args.targets)
+            try:
+                loss_fn = rnnkit.names.resolve_loss(args.loss)
+            except ValueError as err:
+                raise UsageError(f"%rnnkit gradflow: {err}") from None
+        try:
+            flow = rnnkit.gradient_flow(model, inputs, targets, loss_fn)
+        except (TypeError, ValueError) as err:
+            raise UsageError(f"%rnnkit gradflow: {err}") from None
+        if args.name:
+            self.shell.user_ns[args.name] = flow
+        figure = _new_figure()
+        ax = figure.subplots()
+        print("| layer | steps | first-step norm | last-step norm | first / last |")
+        print("| --- | ---: | ---: | ---: | ---: |")
+        for layer, norms in flow.per_step.items():
+            ax.semilogy(norms.numpy(), label=layer)
+            first, last = float(norms[0]), float(norms[-1])
+            ratio = f"{first / last:.3g}" if last > 0 else "inf"
+            print(f"| {layer} | {len(norms)} | {first:.3g} | {last:.3g} | {ratio} |")
+        ax.set(
+            xlabel="time step t", ylabel="‖∂L/∂h_t‖", title=f"gradient flow, loss {flow.loss:.4g}"
+        )
+        ax.legend()
+        display(Image(data=_png(figure), format="png"))
+
+    def _check(self, args) -> None:
+        model = self._lookup("check", args.model, nn.Module, "a torch.nn.Module")
+        total = sum(p.numel() for p in model.parameters())
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        print(f"parameters: {total:,} ({trainable:,} trainable)")
+        for name, child in model.named_children():
+            print(f"  {name}: {sum(p.numel() for p in child.parameters()):,}")
+        print("engines:")
+        reports = rnnkit.explain_fast_path(model)
+        for report in reports:
+            print(f"  {report}".replace("\n", "\n  "))
+        if not reports:
+            print("  no recurrent layer")
+        bad = [n for n, p in model.named_parameters() if not bool(torch.isfinite(p).all())]
+        print(f"non-finite parameters: {', '.join(bad) if bad else 'none'}")
+        if reports:
+            print("spectral radius of each recurrent matrix (rho > 1 can grow gradients through")
+            print("time, rho << 1 makes them vanish; Pascanu et al. 2013):")
+            for layer, gates in rnnkit.spectral_radius(model).items():
+                print(f"  {layer}: " + ", ".join(f"{g}={r:.3f}" for g, r in gates.items()))
+
+
+def _output_sum(output, _targets):
+    """L = sum of the model's output (the first element of a (output, state) pair)."""
+    if isinstance(output, (tuple, list)):
+        output = output[0]
+    return output.sum()
+
+
+def _help() -> str:
+    lines = [
+        "rnnkit from IPython: %rnnkit SUBCOMMAND [options], or %%rnnkit train with a TOML body.",
+        "Subcommands: " + ", ".join(SUBCOMMANDS) + ". Each does one call of rnnkit's Python API,",
+        "shown under 'Python:'.",
+        "",
+    ]
+    for func in [*SUBCOMMANDS.values(), _train_cell]:
+        lines += [func.parser.format_help(), ""]
+    return "\n".join(lines)
+
+
+RNNKitMagics.rnnkit.__doc__ = _help()
 
 
 def load_ipython_extension(ipython) -> None:

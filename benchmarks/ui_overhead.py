@@ -1,0 +1,99 @@
+"""UI overhead: a training run driven by a live TrainingPanel against the same run with the
+bare Trainer (no panel), same model, data and DataLoader.
+
+Cases: the panel's blocking mode (``panel.fit(block=True)``, training in the calling thread) and
+its Start button (``panel.start()`` then ``panel.wait()``, training in a background thread).
+Either way the panel's watcher thread updates status and progress ten times a second and
+redraws the live chart at most four times a second (spaced further so that drawing takes at
+most 2% of the time), and draws the final chart and summary when the run ends: a fixed cost of
+a few tenths of a second, so the runs last several seconds, as runs worth watching do. Three
+trainers over identically initialised models are timed alternately (median of the repeats);
+``same_losses`` checks that the panel leaves the training unchanged. Target <= 1.05x.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+import rnnkit
+from benchmarks.common import markdown_table, row, write_json
+from rnnkit.widgets import TrainingPanel
+
+
+def _trainer(input_size: int, hidden: int, device: torch.device) -> rnnkit.Trainer:
+    torch.manual_seed(0)
+    model = rnnkit.SequenceModel(input_size, hidden, 1, cell="lstm").to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    return rnnkit.Trainer(model, optimizer, "mse", device=device, grad_clip=1.0)
+
+
+def _case(
+    name: str, epochs: int, batches: int, batch: int, seq_len: int, hidden: int, repeat: int
+) -> list[dict]:
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    x, y = rnnkit.tasks.multi_sine(batches * batch, seq_len, horizon=1, seed=0)
+    x = x.expand(-1, -1, 8).contiguous()
+    loader = DataLoader(TensorDataset(x, y), batch_size=batch, shuffle=False)
+    bare = _trainer(8, hidden, device)
+    blocking = TrainingPanel(_trainer(8, hidden, device), loader, epochs=epochs)
+    background = TrainingPanel(_trainer(8, hidden, device), loader, epochs=epochs)
+
+    def start_and_wait() -> None:
+        background.start()
+        background.wait()
+
+    runs = {
+        "bare": lambda: bare.fit(loader, epochs=epochs),
+        "block": lambda: blocking.fit(block=True),
+        "background": start_and_wait,
+    }
+    timings: dict[str, list[float]] = {label: [] for label in runs}
+    for i in range(repeat + 1):  # the first round warms up all three
+        for label, fn in runs.items():
+            sync()
+            start = time.perf_counter()
+            fn()
+            sync()
+            if i:
+                timings[label].append((time.perf_counter() - start) * 1e3)
+    bare_ms = statistics.median(timings["bare"])
+    losses = [t.history.step_values("loss") for t in (bare, blocking.trainer, background.trainer)]
+    cases = (
+        ("panel.fit(block=True)", "block", blocking),
+        ("Start button", "background", background),
+    )
+    return [
+        row(
+            "ui_overhead",
+            f"{name}, {title}",
+            statistics.median(timings[label]),
+            "Trainer without panel",
+            bare_ms,
+            "<= 1.05x",
+            device=str(device),
+            steps=epochs * batches,
+            redraws_per_run=round(panel.redraws / (repeat + 1), 1),
+            same_losses=losses[0] == losses[1] == losses[2],
+        )
+        for title, label, panel in cases
+    ]
+
+
+def run(quick: bool = False) -> list[dict]:
+    if quick:
+        return _case("LSTM T=10 B=8 H=16, 3 steps", 1, 3, 8, 10, 16, repeat=1)
+    return [
+        *_case("LSTM T=50 B=32 H=64, 4 epochs of 100 steps", 4, 100, 32, 50, 64, repeat=3),
+        *_case("LSTM T=100 B=64 H=256, 4 epochs of 20 steps", 4, 20, 64, 100, 256, repeat=3),
+    ]
+
+
+if __name__ == "__main__":
+    rows = run()
+    print(markdown_table(rows))
+    write_json(rows, "benchmarks/results/ui_overhead.json")

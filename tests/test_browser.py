@@ -1,0 +1,194 @@
+"""The whole Jupyter layer once, end to end: JupyterLab in a real browser (Debian's Chromium,
+driven by Playwright) runs a notebook with a TrainingPanel; the test clicks Start, sees the
+step count advance, clicks Stop, and checks the status and an idle kernel. A screenshot is
+saved to artifacts/browser_panel.png."""
+
+import json
+import os
+import re
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import nbformat
+import pytest
+
+CHROMIUM = "/usr/bin/chromium"
+ROOT = Path(__file__).resolve().parent.parent
+ARTIFACTS = ROOT / "artifacts"
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        not Path(CHROMIUM).exists(),
+        reason=f"{CHROMIUM} is absent (install Debian's chromium: apt-get install chromium)",
+    ),
+]
+
+CHROMIUM_FLAGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+]
+
+SETUP = """\
+import torch
+import rnnkit
+from rnnkit.widgets import TrainingPanel
+
+torch.set_num_threads(1)
+rnnkit.seed_everything(0)
+x, y = rnnkit.tasks.adding_problem(256, 20)
+model = rnnkit.SequenceModel(2, 16, 1, cell="lstm")
+trainer = rnnkit.Trainer(model, torch.optim.Adam(model.parameters(), lr=1e-2), "mse")
+panel = TrainingPanel(trainer, (x, y), epochs=1000, batch_size=16, redraw_interval=0.2)
+panel"""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _get_json(url: str):
+    with urllib.request.urlopen(url, timeout=5) as response:
+        return json.loads(response.read())
+
+
+@pytest.fixture
+def lab(tmp_path):
+    """A JupyterLab server on 127.0.0.1 with a fresh root holding panel.ipynb."""
+    root = tmp_path / "root"
+    root.mkdir()
+    notebook = nbformat.v4.new_notebook()
+    notebook.cells = [nbformat.v4.new_code_cell(SETUP)]
+    notebook.metadata["kernelspec"] = {
+        "name": "python3",
+        "display_name": "Python 3",
+        "language": "python",
+    }
+    nbformat.write(notebook, root / "panel.ipynb")
+    port, token = _free_port(), secrets.token_hex(16)
+    env = dict(
+        os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])
+    )
+    for var, sub in [
+        ("JUPYTER_RUNTIME_DIR", "runtime"),
+        ("JUPYTERLAB_WORKSPACES_DIR", "workspaces"),
+        ("JUPYTERLAB_SETTINGS_DIR", "settings"),
+    ]:
+        env[var] = str(tmp_path / sub)
+    log = open(tmp_path / "lab.log", "w")  # noqa: SIM115 - closed below
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "jupyterlab",
+            "--no-browser",
+            "--ServerApp.open_browser=False",
+            "--ServerApp.ip=127.0.0.1",
+            f"--ServerApp.port={port}",
+            "--ServerApp.port_retries=0",
+            "--allow-root",  # CI containers run as root
+            f"--IdentityProvider.token={token}",
+            f"--ServerApp.root_dir={root}",
+            "--LabApp.news_url=",
+            "--LabApp.extension_manager=readonly",
+            "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
+        ],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                _get_json(f"{base}/api/status?token={token}")
+                break
+            except OSError:
+                if server.poll() is not None or time.monotonic() > deadline:
+                    log.flush()
+                    pytest.fail(f"jupyter lab did not start:\n{(tmp_path / 'lab.log').read_text()}")
+                time.sleep(0.25)
+        yield base, token
+    finally:
+        server.terminate()  # shuts its kernels down
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            server.kill()
+        log.close()
+
+
+def test_panel_in_jupyterlab(lab, tmp_path):
+    sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright")
+    base, token = lab
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_api.sync_playwright() as playwright:
+        context = playwright.chromium.launch_persistent_context(
+            str(tmp_path / "chromium-profile"),
+            executable_path=CHROMIUM,
+            headless=True,
+            args=CHROMIUM_FLAGS,
+            viewport={"width": 1280, "height": 900},
+        )
+        page = context.new_page()
+        try:
+            page.goto(f"{base}/lab/tree/panel.ipynb?token={token}", timeout=60_000)
+            idle = page.locator('.jp-Notebook-ExecutionIndicator[data-status="idle"]')
+            idle.wait_for(timeout=60_000)
+
+            # Focus the notebook first: Run All acts on the notebook that has the focus.
+            page.locator(".jp-Notebook .jp-Cell .jp-InputPrompt").first.click()
+            page.get_by_role("menuitem", name="Run", exact=True).click()
+            page.get_by_role("menuitem", name="Run All Cells", exact=True).click()
+            start = page.locator("button.widget-button", has_text="Start")
+            start.wait_for(timeout=60_000)
+            idle.wait_for(timeout=60_000)  # the cell has run; training has not started
+            status = page.locator(".widget-html-content", has_text="step")
+            assert "idle" in status.inner_text()
+
+            start.click()
+
+            def step() -> int:
+                match = re.search(r"step (\d+)", status.inner_text())
+                return int(match.group(1)) if match else -1
+
+            deadline = time.monotonic() + 30
+            while step() < 5 or "running" not in status.inner_text():
+                assert time.monotonic() < deadline, f"no progress: {status.inner_text()!r}"
+                page.wait_for_timeout(100)
+            first = step()
+            page.wait_for_function(
+                "([el, n]) => Number((el.textContent.match(/step (\\d+)/) || [0, -1])[1]) > n",
+                arg=[status.element_handle(), first],
+                timeout=30_000,
+            )
+            chart = page.locator(".widget-image")
+            assert chart.evaluate("img => img.naturalWidth") > 0, "the live chart is not drawn"
+            idle.wait_for(timeout=10_000)  # training in the background leaves the kernel free
+
+            page.locator("button.widget-button", has_text="Stop").click()
+            page.locator(".widget-html-content", has_text="stopped").wait_for(timeout=30_000)
+            summary = page.get_by_text("rnnkit training run: stopped")
+            summary.wait_for(timeout=30_000)  # the static summary written under the panel
+            assert start.is_enabled()
+            idle.wait_for(timeout=10_000)
+            kernels = _get_json(f"{base}/api/kernels?token={token}")
+            assert [k["execution_state"] for k in kernels] == ["idle"]
+        finally:
+            page.screenshot(path=str(ARTIFACTS / "browser_panel.png"), full_page=True)
+            context.close()
+    shutil.rmtree(tmp_path / "chromium-profile", ignore_errors=True)
