@@ -6,9 +6,33 @@ The Jupyter layer lives in ``rnnkit.widgets`` and is never imported by the core.
 
 from pathlib import Path as _Path
 
+from rnnkit import tasks
+from rnnkit.batches import Batch
+from rnnkit.callbacks import (
+    Callback,
+    EarlyStopping,
+    GradientClipping,
+    History,
+    LRSchedule,
+    ModelCheckpoint,
+    NonFiniteError,
+    NonFiniteGuard,
+    ProgressBar,
+)
 from rnnkit.cells import GRUCell, LSTMCell, RecurrentCell, RNNCell
+from rnnkit.checkpoint import (
+    export_safetensors,
+    import_safetensors,
+    load_checkpoint,
+    save_checkpoint,
+)
+from rnnkit.kerasfit import fit
+from rnnkit.lr_find import LRFinderResult, lr_find
+from rnnkit.models import SequenceModel
 from rnnkit.padding import lengths_to_mask, mask_to_lengths
 from rnnkit.recurrent import GRU, LSTM, RNN, Recurrent, explain_fast_path
+from rnnkit.seeding import seed_everything
+from rnnkit.train import Trainer
 
 __version__ = "0.1.0"
 
@@ -36,6 +60,27 @@ def unload_ipython_extension(ipython):
 
 
 __all__ = [
+    "Batch",
+    "Callback",
+    "EarlyStopping",
+    "GradientClipping",
+    "History",
+    "LRFinderResult",
+    "LRSchedule",
+    "ModelCheckpoint",
+    "NonFiniteError",
+    "NonFiniteGuard",
+    "ProgressBar",
+    "SequenceModel",
+    "Trainer",
+    "export_safetensors",
+    "fit",
+    "import_safetensors",
+    "load_checkpoint",
+    "lr_find",
+    "save_checkpoint",
+    "seed_everything",
+    "tasks",
     "GRU",
     "GRUCell",
     "LSTM",
