@@ -33,6 +33,7 @@ from rnnkit.padding import lengths_to_mask, mask_to_lengths
 from rnnkit.recurrent import GRU, LSTM, RNN, Recurrent, explain_fast_path
 from rnnkit.seeding import seed_everything
 from rnnkit.train import Trainer
+from rnnkit.scan import MinGRU, MinLSTM, MinRNNStack, linear_scan
 
 __version__ = "0.1.0"
 
@@ -85,11 +86,15 @@ __all__ = [
     "GRUCell",
     "LSTM",
     "LSTMCell",
+    "MinGRU",
+    "MinLSTM",
+    "MinRNNStack",
     "RNN",
     "RNNCell",
     "Recurrent",
     "RecurrentCell",
     "explain_fast_path",
     "lengths_to_mask",
+    "linear_scan",
     "mask_to_lengths",
 ]
