@@ -29,11 +29,28 @@ from rnnkit.checkpoint import (
 from rnnkit.kerasfit import fit
 from rnnkit.lr_find import LRFinderResult, lr_find
 from rnnkit.models import SequenceModel
-from rnnkit.padding import lengths_to_mask, mask_to_lengths
+from rnnkit.padding import (
+    PaddedBatch,
+    collate_padded,
+    last_valid,
+    lengths_to_mask,
+    mask_to_lengths,
+    masked_mean,
+    masked_sum,
+    pad,
+    sequence_loss,
+    unpad,
+)
 from rnnkit.recurrent import GRU, LSTM, RNN, Recurrent, explain_fast_path
+from rnnkit.sampling import (
+    BucketBatchSampler,
+    DistributedBucketSampler,
+    PaddingStats,
+    padding_stats,
+)
+from rnnkit.scan import MinGRU, MinLSTM, MinRNNStack, linear_scan
 from rnnkit.seeding import seed_everything
 from rnnkit.train import Trainer
-from rnnkit.scan import MinGRU, MinLSTM, MinRNNStack, linear_scan
 
 __version__ = "0.1.0"
 
@@ -97,4 +114,16 @@ __all__ = [
     "lengths_to_mask",
     "linear_scan",
     "mask_to_lengths",
+    "BucketBatchSampler",
+    "DistributedBucketSampler",
+    "PaddedBatch",
+    "PaddingStats",
+    "collate_padded",
+    "last_valid",
+    "masked_mean",
+    "masked_sum",
+    "pad",
+    "padding_stats",
+    "sequence_loss",
+    "unpad",
 ]
