@@ -33,6 +33,33 @@ def time_ms(fn: Callable[[], object], *, repeat: int = 10, warmup: int = 2) -> f
     return statistics.median(times)
 
 
+def time_pair(
+    fn_a: Callable[[], object],
+    fn_b: Callable[[], object],
+    *,
+    repeat: int = 10,
+    warmup: int = 2,
+) -> tuple[float, float]:
+    """Median wall times of ``fn_a()`` and ``fn_b()`` in ms, measured alternately.
+
+    Alternating makes a change of machine load (other processes on a shared machine) hit both
+    alike, which keeps their ratio meaningful when the absolute times are noisy.
+    """
+    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
+    for _ in range(warmup):
+        fn_a()
+        fn_b()
+    sync()
+    times: tuple[list[float], list[float]] = ([], [])
+    for _ in range(repeat):
+        for fn, store in zip((fn_a, fn_b), times, strict=True):
+            start = time.perf_counter()
+            fn()
+            sync()
+            store.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(times[0]), statistics.median(times[1])
+
+
 def row(
     benchmark: str,
     case: str,

@@ -6,7 +6,7 @@ The Jupyter layer lives in ``rnnkit.widgets`` and is never imported by the core.
 
 from pathlib import Path as _Path
 
-from rnnkit import tasks
+from rnnkit import distributed, tasks
 from rnnkit.batches import Batch
 from rnnkit.callbacks import (
     Callback,
@@ -98,6 +98,7 @@ __all__ = [
     "lr_find",
     "save_checkpoint",
     "seed_everything",
+    "distributed",
     "tasks",
     "GRU",
     "GRUCell",

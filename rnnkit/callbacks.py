@@ -383,11 +383,13 @@ class ProgressBar(Callback):
             return
         from tqdm.auto import tqdm
 
-        per_epoch = trainer.steps_per_epoch
-        total = per_epoch * trainer.epochs if per_epoch is not None else None
+        per_epoch, total = trainer.steps_per_epoch, None
+        if per_epoch is not None:
+            total = per_epoch * (trainer.epochs - trainer.epoch) - trainer.batch_in_epoch
         if trainer.max_steps is not None:
-            total = min(total, trainer.max_steps) if total is not None else trainer.max_steps
-        self._bar = tqdm(total=total, initial=trainer.step, unit="step", dynamic_ncols=True)
+            left = trainer.max_steps - trainer.step
+            total = left if total is None else min(total, left)
+        self._bar = tqdm(total=total, unit="step", dynamic_ncols=True)
 
     def on_epoch_begin(self, trainer: Trainer, epoch: int) -> None:
         if self._bar is not None:

@@ -216,14 +216,14 @@ def pad(
             )
     lengths = torch.tensor([seq.shape[0] for seq in sequences], dtype=torch.int64)
     steps = int(lengths.max())
-    data = first.new_full((len(sequences), steps, *first.shape[1:]), padding_value)
+    lead = (len(sequences), steps) if batch_first else (steps, len(sequences))
+    data = first.new_full((*lead, *first.shape[1:]), padding_value)
+    rows = data if batch_first else data.transpose(0, 1)  # a view: writing it fills data
     for row, seq in enumerate(sequences):
         start = 0 if side == "right" else steps - seq.shape[0]
-        data[row, start : start + seq.shape[0]] = seq
+        rows[row, start : start + seq.shape[0]] = seq
     mask = lengths_to_mask(lengths, steps, side=side).to(data.device)
-    if not batch_first:
-        data, mask = data.transpose(0, 1), mask.t()
-    return PaddedBatch(data, lengths, mask)
+    return PaddedBatch(data, lengths, mask if batch_first else mask.t().contiguous())
 
 
 def _batch_major(data: Tensor, batch_first: bool, what: str) -> Tensor:

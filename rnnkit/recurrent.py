@@ -102,11 +102,15 @@ def run_cell(
     Returns the outputs ``(T, B, H)`` in time order and the final state.
     """
     outputs = []
+    # unbind, not x_proj[t]: indexing would make the backward pass fill a zero gradient of the
+    # whole sequence at every step (quadratic in T); unbind's backward stacks once.
+    inputs = x_proj.unbind(0)
+    masks = valid.unsqueeze(-1).unbind(0) if valid is not None else None
     times = range(x_proj.shape[0] - 1, -1, -1) if reverse else range(x_proj.shape[0])
     for t in times:
-        new = step(x_proj[t], state)
-        if valid is not None:
-            keep = valid[t].unsqueeze(-1)
+        new = step(inputs[t], state)
+        if masks is not None:
+            keep = masks[t]
             new = _where(keep, new, state)
         out = _state_output(new)
         if observe is not None:
@@ -201,21 +205,28 @@ def _fused_segments(
     lengths: Tensor,
     **kw,
 ) -> tuple[Tensor, tuple[Tensor, ...]]:
-    """A unidirectional fused kernel over a right-padded batch, cut at each distinct length."""
-    final = state
-    outputs, start = [], 0
+    """A unidirectional fused kernel over a right-padded batch sorted by decreasing length.
+
+    The time axis is cut at each distinct length; each segment runs only the leading rows still
+    active in it, so finished rows keep their final state and get zero outputs.
+    """
+    batch, outputs, start = x.shape[1], [], 0
     for end in torch.unique(lengths).tolist():
-        if end > start:
-            out, state = _run_kernel(kernel, x[start:end], state, weights, **kw)
-            outputs.append(out)
-            start = end
-        ended = (lengths == end).to(x.device)[None, :, None]
-        final = _where(ended, state, final)
+        if end == start:
+            continue
+        active = int((lengths >= end).sum())
+        rows = tuple(s[:, :active] for s in state)
+        out, new = _run_kernel(kernel, x[start:end, :active], rows, weights, **kw)
+        outputs.append(F.pad(out, (0, 0, 0, batch - active)))
+        if active < batch:
+            new = tuple(
+                torch.cat([n, s[:, active:]], dim=1) for n, s in zip(new, state, strict=True)
+            )
+        state, start = new, end
     if start < x.shape[0] or not outputs:  # steps past the longest sequence: outputs are zero
-        width = _state_output(final).shape[-1]
-        outputs.append(x.new_zeros(x.shape[0] - start, x.shape[1], width))
-    valid = torch.arange(x.shape[0], device=x.device)[:, None] < lengths.to(x.device)[None, :]
-    return torch.cat(outputs).masked_fill(~valid.unsqueeze(-1), 0.0), final
+        width = _state_output(state).shape[-1]
+        outputs.append(x.new_zeros(x.shape[0] - start, batch, width))
+    return torch.cat(outputs), state
 
 
 def _fused_engine(
@@ -236,17 +247,53 @@ def _fused_engine(
     kw = {"has_biases": has_biases, "dropout": dropout, "training": training}
     state = hx if isinstance(hx, tuple) else (hx,)
     unpack = (lambda s: s) if isinstance(hx, tuple) else (lambda s: s[0])
-    if lengths is None or not bidirectional:
+    if lengths is None:
         flat = [w for ws in unit_weights for w in ws]
         kw.update(num_layers=num_layers, bidirectional=bidirectional)
-        if lengths is None:
-            output, final = _run_kernel(kernel, x, state, flat, **kw)
-        else:
-            output, final = _fused_segments(kernel, x, state, flat, lengths, **kw)
+        output, final = _run_kernel(kernel, x, state, flat, **kw)
         return output, unpack(final)
+    # Sort by decreasing length (a no-op for bucketed batches, which come sorted) so that each
+    # segment runs a leading block of rows; undo the order at the end.
+    order = torch.argsort(lengths, descending=True, stable=True)
+    is_sorted = bool((order == torch.arange(len(order))).all())
+    if not is_sorted:
+        lengths = lengths[order]
+        index = order.to(x.device)
+        x, state = x[:, index], tuple(s[:, index] for s in state)
+    output, final = _fused_sorted(
+        kernel,
+        x,
+        state,
+        unit_weights,
+        lengths,
+        num_layers=num_layers,
+        bidirectional=bidirectional,
+        **kw,
+    )
+    if not is_sorted:
+        inverse = torch.argsort(order).to(x.device)
+        output, final = output[:, inverse], tuple(s[:, inverse] for s in final)
+    return output, unpack(final)
+
+
+def _fused_sorted(
+    kernel: Callable,
+    x: Tensor,
+    state: tuple[Tensor, ...],
+    unit_weights: list[list[Tensor]],
+    lengths: Tensor,
+    *,
+    num_layers: int,
+    bidirectional: bool,
+    **kw,
+) -> tuple[Tensor, tuple[Tensor, ...]]:
+    if not bidirectional:
+        flat = [w for ws in unit_weights for w in ws]
+        return _fused_segments(kernel, x, state, flat, lengths, num_layers=num_layers, **kw)
     # Bidirectional with lengths: layer by layer, each direction a one-layer forward run; the
     # backward one over each sequence reversed within its length.
     kw["num_layers"] = 1
+    dropout, training = kw["dropout"], kw["training"]
     finals, layer_input = [], x
     for layer in range(num_layers):
         outputs = []
@@ -260,7 +307,7 @@ def _fused_engine(
         layer_input = torch.cat(outputs, dim=-1)
         if dropout and training and layer < num_layers - 1:
             layer_input = F.dropout(layer_input, dropout, training=True)
-    return layer_input, unpack(tuple(torch.cat(parts) for parts in zip(*finals, strict=True)))
+    return layer_input, tuple(torch.cat(parts) for parts in zip(*finals, strict=True))
 
 
 # --------------------------------------------------------------------------------------------

@@ -272,11 +272,15 @@ class Trainer:
         shuffle: bool = True,
         max_steps: int | None = None,
     ) -> History:
-        """Train for ``epochs`` epochs in total (counting those of a resumed run); blocks.
+        """Train for ``epochs`` more epochs; with ``resume``, up to ``epochs`` in total; blocks.
+
+        Calling ``fit`` again continues the counters and the history; an epoch that a stop cut
+        short starts over (resuming from a checkpoint continues it exactly instead).
 
         ``train``/``val``: DataLoaders, or tensors ``(x, y)`` / ``(x, y, lengths)`` batched by
         ``batch_size`` (train shuffled iff ``shuffle``). ``resume``: a checkpoint path or dict.
-        ``max_steps`` ends the run (as finished) after that many steps in total.
+        ``max_steps`` ends the run (as finished) after that many more steps (with ``resume``:
+        steps in total); ``trainer.max_steps`` holds the step count it ends at.
         Returns ``self.history``; see the module doc for stop, interrupt and failure.
         """
         if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
@@ -285,20 +289,31 @@ class Trainer:
             raise ValueError(f"max_steps must be an int >= 0 or None, got {max_steps!r}")
         if self.status in ("running", "paused"):
             raise RuntimeError("this Trainer is already running a fit")
-        self._prepare_run()
-        train_loader = self._as_loader(train, batch_size, shuffle, "train")
-        val_loader = None if val is None else self._as_loader(val, batch_size, False, "val")
-        self._loader = train_loader
-        self.epochs, self.max_steps = epochs, max_steps
-        self.steps_per_epoch = _length(train_loader)
-        replay = self._restore(resume, train_loader) if resume is not None else None
+        try:
+            self._prepare_run()
+            train_loader = self._as_loader(train, batch_size, shuffle, "train")
+            val_loader = None if val is None else self._as_loader(val, batch_size, False, "val")
+            self._loader = train_loader
+            self.steps_per_epoch = _length(train_loader)
+            if resume is not None:
+                replay = self._restore(resume, train_loader)
+                self.epochs, self.max_steps = epochs, max_steps
+            else:  # more epochs; an epoch a stop cut short starts over
+                replay, self.batch_in_epoch = None, 0
+                self.epochs = self.epoch + epochs
+                self.max_steps = None if max_steps is None else self.step + max_steps
+        except BaseException as exc:
+            self.status, self.error = "failed", exc
+            raise
         self._stop_requested = self._sigint = self.stop_training = self.interrupted = False
+        self._pause_requested = False
+        self._resume.set()
         self.clean_stop, self.error = True, None
         self.status = "running"
         previous_handler = self._install_sigint_handler()
         try:
             self._emit("on_fit_begin")
-            while self.epoch < epochs and not self._end_requested():
+            while self.epoch < self.epochs and not self._end_requested():
                 if not self._run_epoch(train_loader, val_loader, replay):
                     break
                 replay = None
@@ -372,14 +387,16 @@ class Trainer:
             self.scaler.unscale_(self.optimizer)
         grads = [p.grad for p in self.model.parameters() if p.grad is not None]
         grad_norm = get_total_norm(grads) if grads else torch.zeros(())
-        loss_value = float(loss.detach())
-        if self._env is not None:
-            loss_value = ddp.all_reduce_sum([loss_value], self.device)[0] / self._env.world_size
+        local = {"loss": float(loss.detach()), **self._metric_values(output, batch.y)}
+        shown = local
+        if self._env is not None:  # the logs show averages over the ranks
+            sums = ddp.all_reduce_sum(list(local.values()), self.device)
+            shown = {k: s / self._env.world_size for k, s in zip(local, sums, strict=True)}
         logs = {
             "step": self.step,
             "epoch": self.epoch,
             "batch": self.batch_in_epoch,
-            "loss": loss_value,
+            "loss": shown["loss"],
             "grad_norm": float(grad_norm),
             "lr": lr,
             "batch_size": batch.size,
@@ -398,9 +415,8 @@ class Trainer:
             else:
                 self.optimizer.step()
             self._updating = False
-            values = self._metric_values(output, batch.y)
-            logs.update(values)
-            self._totals.add(loss_value, batch.size, values)
+            self._totals.add(local.pop("loss"), batch.size, local)
+        logs.update({k: v for k, v in shown.items() if k != "loss"})
         self.step += 1
         self.batch_in_epoch += 1
         logs["time"] = time.perf_counter() - started

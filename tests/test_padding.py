@@ -147,6 +147,7 @@ def test_unpad_inverts_pad(side, batch_first, seed):
     steps = max(lengths)
     expected = (count, steps) if batch_first else (steps, count)
     assert data.shape == (*expected, *feature_shape) and mask.shape == expected
+    assert data.is_contiguous() and mask.is_contiguous()
     assert lens.tolist() == lengths
     expected_mask = rnnkit.lengths_to_mask(lengths, steps, side=side)
     assert torch.equal(mask, expected_mask if batch_first else expected_mask.t())

@@ -218,21 +218,7 @@ def test_zero_length_sequences_give_zeros_and_the_initial_state(kind, engine):
     assert bool((out[0] == 0).all()) and bool((out[2] == 0).all())
 
 
-@pytest.mark.parametrize(
-    "engine",
-    [
-        pytest.param(
-            "auto",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="rnnkit/recurrent.py _fused_segments: an input with 0 time steps and all "
-                "lengths 0 leaves `outputs` empty, and torch.cat([]) raises; the loop engine "
-                "returns (B, 0, H) zeros and the initial state",
-            ),
-        ),
-        "loop",
-    ],
-)
+@pytest.mark.parametrize("engine", ["auto", "loop"])
 def test_an_empty_time_axis_with_zero_lengths(engine):
     layer = make_layer("LSTM", 1, False, True, engine)
     hx = (torch.randn(1, 2, HIDDEN, dtype=torch.float64),) * 2

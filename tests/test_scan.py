@@ -361,6 +361,14 @@ def test_engine_setter_errors():
         (lambda m: m(torch.randn(5, 2, 3), mask=torch.ones(2, 5).bool()), "expected a mask of"),
         (lambda m: m(torch.randn(5, 2, 3), mask=torch.ones(5, 2)), "mask must be a boolean"),
         (lambda m: m(torch.randn(5, 3), lengths=[5]), "lengths/mask need a batched 3-D input"),
+        (
+            lambda m: m(pack_padded_sequence(torch.randn(5, 2, 3), [5, 4]), lengths=[5, 4]),
+            "a PackedSequence carries its lengths",
+        ),
+        (
+            lambda m: m(torch.randn(5, 2, 3), (torch.zeros(1, 2, 4), torch.zeros(1, 2, 4))),
+            "expected the initial state as one tensor h_0, got 2 tensors",
+        ),
     ],
 )
 @pytest.mark.parametrize("layer_type", [rnnkit.MinGRU, rnnkit.MinLSTM, "stack"])

@@ -181,7 +181,7 @@ def test_lengths_reach_the_model_and_dict_batches_work():
     seen.clear()
     loader = DataLoader([{"x": x[i], "y": y[i], "lengths": lengths[i]} for i in range(6)], 6)
     trainer.fit(loader, epochs=2)
-    assert seen == [lengths.tolist()]
+    assert seen == [lengths.tolist()] * 2
 
 
 def test_dict_inputs_and_forward_fn():
@@ -258,6 +258,7 @@ def test_pause_set_lr_unpause_stop_from_another_thread():
             gate.set()
 
     trainer = _trainer(callbacks=[Slow()])
+    assert trainer.status == "idle"
     worker = threading.Thread(target=trainer.fit, args=((x, y),), kwargs={"epochs": 1000})
     worker.start()
     try:
@@ -677,8 +678,10 @@ def test_trainer_bad_model_optimizer_and_data():
         rnnkit.Trainer(model, "adam", "mse")
     with pytest.raises(TypeError, match="DataLoader or a tuple"):
         _trainer().fit([1, 2, 3, 4])
+    trainer = _trainer()
     with pytest.raises(ValueError, match="val data: .*x has 4, y has 3"):
-        _trainer().fit(_data(), val=(torch.randn(4, 5, 3), torch.randn(3, 1)))
+        trainer.fit(_data(), val=(torch.randn(4, 5, 3), torch.randn(3, 1)))
+    assert trainer.status == "failed" and isinstance(trainer.error, ValueError)
     with pytest.raises(ValueError, match="lr must be a positive"):
         _trainer().set_lr(0)
 
