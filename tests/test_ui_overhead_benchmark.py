@@ -25,3 +25,4 @@ def test_ui_overhead_quick(one_thread):
         assert r["rnnkit_ms"] > 0 and r["baseline_ms"] > 0 and r["steps"] == 3
         assert r["redraws_per_run"] >= 1  # at least the final chart of each run
         assert r["same_losses"], "training with a panel gave other losses than without"
+        assert 0 < r["watcher_cpu_fraction"] < 1

@@ -364,7 +364,8 @@ class HiddenStateExplorer(_Explorer):
         sequence = self._sequence(self.sample.value)
         self.result = rnnkit.trace_states(self.model, sequence)
         trace = self.result[self.layer.value]
-        panels = [("input", sequence[0].T, None)]
+        bound = float(sequence.abs().max()) or 1.0
+        panels = [("input", sequence[0].T, (-bound, bound))]
         panels.append(("hidden h", trace.hidden[0].T, (-1, 1)))
         for gate, values in trace.gates.items():
             if gate == "c":
@@ -379,9 +380,13 @@ class HiddenStateExplorer(_Explorer):
         for ax, (title, values, limits) in zip(axes, panels, strict=True):
             values = values[: self.units].numpy()
             cmap = "viridis" if limits == (0, 1) else "RdBu_r"
-            low, high = limits if limits else (None, None)
             image = ax.imshow(
-                values, aspect="auto", cmap=cmap, vmin=low, vmax=high, interpolation="nearest"
+                values,
+                aspect="auto",
+                cmap=cmap,
+                vmin=limits[0],
+                vmax=limits[1],
+                interpolation="nearest",
             )
             ax.set_ylabel(title, rotation=0, ha="right", va="center")
             ax.set_yticks([])

@@ -67,6 +67,8 @@ class TrainingPanel:
     a text summary into the notebook output below the panel (display-id updates; the live chart
     is then hidden), so a saved notebook shows the result without a kernel; ``summary`` and
     ``chart_png`` hold the same. Start after a run continues for ``epochs`` more epochs.
+    ``redraws`` counts the chart's draws and ``watcher_cpu`` is the CPU time, in seconds, that
+    the watcher used in the last run: the panel's whole cost to the run.
 
     Args:
         trainer: the trainer to drive.
@@ -112,6 +114,7 @@ class TrainingPanel:
         self.chart_png: bytes | None = None
         self.error: Exception | None = None  # what ended the last run, if it failed
         self.redraws = 0
+        self.watcher_cpu = 0.0  # CPU seconds the watcher thread used in the last run
         self._chart = TrainingChart()
         self._run_thread: threading.Thread | None = None
         self._watcher: threading.Thread | None = None
@@ -287,6 +290,7 @@ class TrainingPanel:
 
     def _watch(self, done: threading.Event) -> None:
         """The one thread that updates the widgets during a run."""
+        began = time.thread_time()
         self._publish(running=True)
         self._set(self.start_button, "disabled", True)
         self._set(self.epochs_box, "disabled", True)
@@ -310,6 +314,7 @@ class TrainingPanel:
         self._set(self.stop_button, "disabled", True)
         self.summary = self._summary()
         self._publish()
+        self.watcher_cpu = time.thread_time() - began
 
     def _draw(self) -> float:
         began = time.perf_counter()
