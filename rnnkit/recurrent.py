@@ -310,6 +310,29 @@ def _fused_sorted(
     return layer_input, tuple(torch.cat(parts) for parts in zip(*finals, strict=True))
 
 
+def _cpu_lstm_lacks_autocast_dtype(mode: str | None, input: Tensor | PackedSequence) -> bool:
+    """Whether ``torch.lstm`` would fail here under CPU autocast.
+
+    ``torch.lstm`` is on CPU autocast's lower-precision list, so under autocast it asks oneDNN
+    for an LSTM in bfloat16 (or float16), which CPUs without those instructions cannot build
+    ("could not create a primitive descriptor"); the layers then run the kernel in float32.
+    """
+    device = (input.data if isinstance(input, PackedSequence) else input).device
+    if mode != "LSTM" or device.type != "cpu" or not torch.is_autocast_enabled("cpu"):
+        return False
+    if torch.get_autocast_dtype("cpu") == torch.float16:
+        return not torch.ops.mkldnn._is_mkldnn_fp16_supported()
+    return not torch.ops.mkldnn._is_mkldnn_bf16_supported()
+
+
+def _in_float32(forward: Callable, input, hx, dtype: torch.dtype, **kw):
+    """``forward`` with CPU autocast off and the input and state cast to the weights' dtype."""
+    if hx is not None:
+        hx = tuple(h.to(dtype) for h in hx) if isinstance(hx, tuple) else hx.to(dtype)
+    with torch.autocast("cpu", enabled=False):
+        return forward(input.to(dtype), hx, **kw)
+
+
 # --------------------------------------------------------------------------------------------
 # Input handling shared by the layers.
 
@@ -378,10 +401,16 @@ def _prepare(
     return _Prepared(x, lengths)
 
 
+def _dtype_mismatch(x: Tensor, dtype: torch.dtype) -> bool:
+    # Under autocast, mixed floating dtypes are expected (a Linear before the layer emits bf16).
+    autocast = torch.is_autocast_enabled(x.device.type) and x.is_floating_point()
+    return x.dtype != dtype and not autocast
+
+
 def _check_features(name: str, x: Tensor, input_size: int, dtype: torch.dtype) -> None:
     if x.shape[-1] != input_size:
         raise ValueError(f"{name}: expected {input_size} input features, got {x.shape[-1]}")
-    if x.dtype != dtype:
+    if _dtype_mismatch(x, dtype):
         raise ValueError(
             f"{name}: input dtype {x.dtype} does not match the weights' dtype {dtype}; "
             f"convert one of them (e.g. input.to({dtype}))"
@@ -401,7 +430,7 @@ def _check_state(name: str, hx: State, expected: list[tuple[int, ...]], dtype: t
                 f"{name}: expected {label} of shape {shape} (layers*directions, batch, size), "
                 f"got {tuple(part.shape)}"
             )
-        if part.dtype != dtype:
+        if _dtype_mismatch(part, dtype):
             raise ValueError(f"{name}: {label} dtype {part.dtype} does not match {dtype}")
 
 
@@ -488,6 +517,8 @@ class _TorchCompatible:
     def forward(self, input, hx=None, *, lengths=None, mask=None):
         name = _describe(self)
         dtype = self._flat_weights[0].dtype
+        if not self.fused_blockers() and _cpu_lstm_lacks_autocast_dtype(self.mode, input):
+            return _in_float32(self.forward, input, hx, dtype, lengths=lengths, mask=mask)
         prep = _prepare(self, input, self.input_size, dtype, self.batch_first, lengths, mask)
         batch = prep.x.shape[1]
         if hx is not None:
@@ -545,7 +576,9 @@ _ENGINE_DOC = """
     its own last step. ``engine="auto"`` runs the fused kernel whenever it computes the layer
     exactly and rnnkit's own loop otherwise; ``"loop"`` forces the loop and ``"fused"`` insists on
     the kernel. Inputs are checked: a wrong shape, size or dtype raises a ``ValueError`` naming
-    the layer, what was expected and what came.
+    the layer, what was expected and what came (under autocast, lower-precision inputs are
+    accepted; where CPU autocast would make oneDNN fail to build a bfloat16/float16 LSTM, the
+    LSTM kernel runs in float32 instead).
 """
 
 
@@ -717,6 +750,8 @@ class Recurrent(nn.Module):
         name = _describe(self)
         params = next(self.cells[0].parameters(), None)
         dtype = params.dtype if params is not None else input.dtype
+        if not self.fused_blockers() and _cpu_lstm_lacks_autocast_dtype(self._fused_mode(), input):
+            return _in_float32(self.forward, input, hx, dtype, lengths=lengths, mask=mask)
         input_size = self.input_size if self.input_size is not None else input.shape[-1]
         prep = _prepare(self, input, input_size, dtype, self.batch_first, lengths, mask)
         zero_states = self._initial_states(prep.x)
