@@ -15,7 +15,6 @@ from rnnkit.callbacks import (
     History,
     LRSchedule,
     ModelCheckpoint,
-    NonFiniteError,
     NonFiniteGuard,
     ProgressBar,
 )
@@ -26,7 +25,12 @@ from rnnkit.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
-from rnnkit.clipping import NonFiniteGradientError, clip_gradients
+from rnnkit.clipping import (
+    NonFiniteError,
+    NonFiniteGradientError,
+    clip_gradients,
+    first_nonfinite_gradient,
+)
 from rnnkit.diagnostics import GradientFlow, gradient_flow, saturation, spectral_radius
 from rnnkit.init import init_recurrent
 from rnnkit.kerasfit import fit
@@ -152,6 +156,7 @@ __all__ = [
     "LayerNormLSTMCell",
     "LockedDropout",
     "NonFiniteGradientError",
+    "first_nonfinite_gradient",
     "RecurrentUnit",
     "WeightDrop",
     "Zoneout",

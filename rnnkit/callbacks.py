@@ -32,6 +32,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from rnnkit.clipping import NonFiniteError, first_nonfinite_gradient
+
 if TYPE_CHECKING:
     from rnnkit.train import Trainer
 
@@ -150,10 +152,6 @@ class History(Callback):
         return text
 
 
-class NonFiniteError(FloatingPointError):
-    """A training step produced a non-finite loss or gradient (policy ``"stop"``)."""
-
-
 class NonFiniteGuard(Callback):
     """Stop or skip a step whose loss or gradient norm is NaN or infinite.
 
@@ -179,14 +177,7 @@ class NonFiniteGuard(Callback):
             logs["skipped"] = True
             self.skipped += 1
             return
-        culprit = next(
-            (
-                name
-                for name, p in trainer.model.named_parameters()
-                if p.grad is not None and not bool(torch.isfinite(p.grad).all())
-            ),
-            None,
-        )
+        culprit = first_nonfinite_gradient(trainer.model)
         trainer.optimizer.zero_grad(set_to_none=True)
         where = (
             f"first non-finite gradient: {culprit}"

@@ -14,13 +14,25 @@ ON_NONFINITE = ("raise", "report")
 NamedParameters = nn.Module | Mapping[str, Tensor] | Iterable[Tensor] | Iterable[tuple[str, Tensor]]
 
 
-class NonFiniteGradientError(RuntimeError):
+class NonFiniteError(FloatingPointError):
+    """A training step produced a non-finite loss or gradient."""
+
+
+class NonFiniteGradientError(NonFiniteError, RuntimeError):
     """The gradients hold a NaN or an infinity; ``name`` is the first parameter affected (None
-    when every gradient is finite but their norm overflowed)."""
+    when every gradient is finite but their norm overflowed). A :class:`NonFiniteError`."""
 
     def __init__(self, message: str, name: str | None) -> None:
         super().__init__(message)
         self.name = name
+
+
+def first_nonfinite_gradient(parameters: NamedParameters) -> str | None:
+    """The name of the first parameter whose gradient holds a NaN or an infinity, else None."""
+    for name, p in _named(parameters):
+        if p.grad is not None and not torch.isfinite(p.grad).all():
+            return name
+    return None
 
 
 def _named(parameters: NamedParameters) -> list[tuple[str, Tensor]]:
@@ -129,7 +141,7 @@ def clip_gradients(
     if not torch.isfinite(total):
         if on_nonfinite == "report":
             return total
-        bad = next((n for n, p in named if not torch.isfinite(p.grad).all()), None)
+        bad = first_nonfinite_gradient(named)
         if bad is None:
             raise NonFiniteGradientError(
                 f"clip_gradients: the gradient norm overflowed to {total.item()} although every "

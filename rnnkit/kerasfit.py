@@ -45,8 +45,8 @@ def fit(
     ``OneCycleLR`` (peak ``lr``) per batch, ``"cosine"`` anneals per batch to 0. ``seed`` calls
     :func:`rnnkit.seed_everything` first: it fixes the shuffling, dropout and every other draw
     from here on, not the model's initial weights, which were drawn when the model was built
-    (call ``seed_everything`` before building it for a run that repeats exactly). ``device=None`` picks CUDA when available. Other
-    keyword arguments go to :class:`Trainer`.
+    (call ``seed_everything`` before building it for a run that repeats exactly).
+    ``device=None`` picks CUDA when available. Other keyword arguments go to :class:`Trainer`.
     """
     if seed is not None:
         seed_everything(seed)

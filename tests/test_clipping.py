@@ -152,3 +152,13 @@ def test_bad_arguments(kwargs, message):
 def test_non_tensor_parameters_are_rejected():
     with pytest.raises(TypeError, match="got str for 'parameter 0'"):
         rnnkit.clip_gradients(["weight"], max_norm=1.0)
+
+
+def test_a_nonfinite_gradient_error_is_a_nonfinite_error():
+    """One ``except rnnkit.NonFiniteError`` catches the trainer's guard and clip_gradients."""
+    layer = nn.Linear(2, 2)
+    layer(torch.tensor([[float("nan"), 1.0]])).sum().backward()
+    assert rnnkit.first_nonfinite_gradient(layer) == "weight"
+    with pytest.raises(rnnkit.NonFiniteError) as info:
+        rnnkit.clip_gradients(layer, max_norm=1.0)
+    assert isinstance(info.value, RuntimeError) and info.value.name == "weight"
