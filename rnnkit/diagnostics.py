@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from rnnkit import recurrent as _recurrent
 from rnnkit.cells import State
 from rnnkit.regularization import Zoneout
-from rnnkit.units import RecurrentUnit, recurrent_units
+from rnnkit.units import RecurrentUnit, call_model, evaluating, record_layer_calls, recurrent_units
 
 _TORCH_TO_RNNKIT = {
     nn.RNN: _recurrent.RNN,
@@ -39,14 +39,6 @@ _TORCH_TO_RNNKIT = {
 def _layer_key(module_name: str, layer: int, direction: int) -> str:
     suffix = f"l{layer}" + ("_reverse" if direction else "")
     return f"{module_name}.{suffix}" if module_name else suffix
-
-
-def _call(model: nn.Module, inputs: Any) -> Any:
-    if isinstance(inputs, dict):
-        return model(**inputs)
-    if type(inputs) in (tuple, list):  # not a PackedSequence, which is a tuple too
-        return model(*inputs)
-    return model(inputs)
 
 
 def _set_attrs(module: nn.Module, observer, engine: str) -> None:
@@ -141,7 +133,7 @@ def gradient_flow(
             p.grad = None
         with torch.enable_grad():
             with _observing(model, observe):
-                output = _call(model, inputs)
+                output = call_model(model, inputs)
             loss = loss_fn(output, targets)
             if not isinstance(loss, Tensor) or loss.numel() != 1:
                 got = tuple(loss.shape) if isinstance(loss, Tensor) else type(loss).__name__
@@ -366,29 +358,13 @@ def saturation(
         raise ValueError(f"saturation: threshold must be a number in (0, 1), got {threshold!r}")
     if not 0 < threshold < 1:
         raise ValueError(f"saturation: threshold must be in (0, 1), got {threshold!r}")
-    calls: dict[str, tuple[nn.Module, tuple, dict]] = {}
-    handles = []
-    modes = {m: m.training for m in model.modules()}
-    try:
-        for name, module in model.named_modules():
-            if isinstance(module, (nn.RNNBase, _recurrent.Recurrent)):
-                record = lambda m, args, kwargs, name=name: calls.__setitem__(
-                    name, (m, args, kwargs)
-                )
-                handles.append(module.register_forward_pre_hook(record, with_kwargs=True))
-        if not handles:
-            raise ValueError(f"saturation: found no recurrent layer in {type(model).__name__}")
-        model.eval()
-        with torch.no_grad():
-            _call(model, inputs)
-            result = {}
-            for name, (module, args, kwargs) in calls.items():
-                measured = _replay(name, module, args, kwargs, threshold)
-                if measured is not None:
-                    result.update(measured)
-        return result
-    finally:
-        for handle in handles:
-            handle.remove()
-        for module, mode in modes.items():
-            module.training = mode
+    with evaluating(model):
+        calls = record_layer_calls(
+            model, inputs, (nn.RNNBase, _recurrent.Recurrent), "saturation", "recurrent"
+        )
+        result = {}
+        for name, (module, args, kwargs) in calls.items():
+            measured = _replay(name, module, args, kwargs, threshold)
+            if measured is not None:
+                result.update(measured)
+    return result

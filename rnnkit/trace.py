@@ -29,6 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from rnnkit.units import evaluating, record_layer_calls
+
 GATES = {"RNN": (), "LSTM": ("i", "f", "g", "o", "c"), "GRU": ("r", "z", "n")}
 
 
@@ -42,14 +44,6 @@ class StateTrace:
     kind: str
     hidden: Tensor
     gates: dict[str, Tensor]
-
-
-def _call(model: nn.Module, inputs: Any) -> Any:
-    if isinstance(inputs, dict):
-        return model(**inputs)
-    if isinstance(inputs, (tuple, list)):
-        return model(*inputs)
-    return model(inputs)
 
 
 def _check_layer(name: str, layer: nn.RNNBase, kwargs: dict) -> None:
@@ -133,28 +127,10 @@ def trace_states(model: nn.Module, inputs: Any) -> dict[str, StateTrace]:
         raise TypeError(
             f"trace_states: model must be a torch.nn.Module, got {type(model).__name__}"
         )
-    calls: dict[str, tuple[nn.RNNBase, tuple, dict]] = {}
-    handles = []
-    modes = {m: m.training for m in model.modules()}
-    try:
-        for name, module in model.named_modules():
-            if isinstance(module, nn.RNNBase):
-                record = lambda m, args, kwargs, name=name: calls.__setitem__(
-                    name, (m, args, kwargs)
-                )
-                handles.append(module.register_forward_pre_hook(record, with_kwargs=True))
-        if not handles:
-            raise ValueError(f"trace_states: found no RNN/LSTM/GRU layer in {type(model).__name__}")
-        model.eval()
-        with torch.no_grad():
-            _call(model, inputs)
-            result = {}
-            for name, (layer, args, kwargs) in calls.items():
-                _check_layer(name, layer, kwargs)
-                result.update(_replay(name, layer, args, kwargs))
-        return result
-    finally:
-        for handle in handles:
-            handle.remove()
-        for module, mode in modes.items():
-            module.training = mode
+    with evaluating(model):
+        calls = record_layer_calls(model, inputs, (nn.RNNBase,), "trace_states", "RNN/LSTM/GRU")
+        result = {}
+        for name, (layer, args, kwargs) in calls.items():
+            _check_layer(name, layer, kwargs)
+            result.update(_replay(name, layer, args, kwargs))
+    return result

@@ -3,13 +3,19 @@
 Init recipes and diagnostics act per unit — the weights of one layer in one direction — whether
 they live in a ``torch.nn.RNN/LSTM/GRU`` (or rnnkit's subclasses), in the cells of an
 :class:`rnnkit.Recurrent`, or in a standalone cell. :func:`recurrent_units` lists them with the
-names of their weights and the layout of their gate blocks.
+names of their weights and the layout of their gate blocks. :func:`record_layer_calls` runs a
+model once and keeps what each recurrent layer was called with, for diagnostics that replay a
+layer step by step.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 from rnnkit import cells as _cells
@@ -160,3 +166,52 @@ def recurrent_units(model: nn.Module) -> list[RecurrentUnit]:
             if unit is not None:
                 units.append(unit)
     return units
+
+
+def call_model(model: nn.Module, inputs: Any) -> Any:
+    """``model(**inputs)`` for a dict, ``model(*inputs)`` for a tuple or list, else
+    ``model(inputs)``."""
+    if isinstance(inputs, dict):
+        return model(**inputs)
+    if type(inputs) in (tuple, list):  # not a PackedSequence, which is a tuple too
+        return model(*inputs)
+    return model(inputs)
+
+
+@contextmanager
+def evaluating(model: nn.Module) -> Iterator[None]:
+    """Within the block ``model`` is in evaluation mode and gradients are off; every
+    submodule's mode is restored afterwards."""
+    modes = {m: m.training for m in model.modules()}
+    try:
+        model.eval()
+        with torch.no_grad():
+            yield
+    finally:
+        for module, mode in modes.items():
+            module.training = mode
+
+
+def record_layer_calls(
+    model: nn.Module, inputs: Any, layer_types: tuple[type, ...], caller: str, kind: str
+) -> dict[str, tuple[nn.Module, tuple, dict]]:
+    """Run ``model`` on ``inputs`` once and return ``{module path: (layer, args, kwargs)}`` for
+    every submodule of ``layer_types`` (the last call of each). When there is none, the
+    ``ValueError`` says "<caller>: found no <kind> layer in <model class>"."""
+    calls: dict[str, tuple[nn.Module, tuple, dict]] = {}
+    handles = [
+        module.register_forward_pre_hook(
+            lambda m, args, kwargs, name=name: calls.__setitem__(name, (m, args, kwargs)),
+            with_kwargs=True,
+        )
+        for name, module in model.named_modules()
+        if isinstance(module, layer_types)
+    ]
+    if not handles:
+        raise ValueError(f"{caller}: found no {kind} layer in {type(model).__name__}")
+    try:
+        call_model(model, inputs)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return calls
