@@ -7,6 +7,11 @@
   LSTM (``rnnkit.Recurrent(rnnkit.LayerNormLSTMCell(...))``, which has no fused kernel) against
   ``torch.nn.LSTM`` (cuDNN on GPU): target <= 1.5x on CPU, <= 2x on GPU.
 
+* the floor: only the matrix products an LSTM's forward and backward pass cannot avoid (the
+  input projection, one recurrent product per step each way, the weight gradients), timed
+  against ``torch.nn.LSTM``. Near 1x it says the fused kernel costs little beyond its matrix
+  products, so the time a loop engine spends above the floor is its gate arithmetic.
+
 Full sizes T=100, B=64, I=H=512 (the design document's); ``quick`` shrinks them.
 """
 
@@ -23,6 +28,23 @@ def _forward_backward(layer: nn.Module, x: torch.Tensor):
     def run() -> None:
         output, _ = layer(x)
         torch.autograd.grad(output.sum(), [x, *layer.parameters()])
+
+    return run
+
+
+def _lstm_matrix_products(steps: int, batch: int, size: int, device: str):
+    """The products of an LSTM layer's forward and backward pass, without anything else."""
+    w_ih, w_hh = (torch.randn(4 * size, size, device=device) for _ in range(2))
+    x, h = torch.randn(steps * batch, size, device=device), torch.randn(batch, size, device=device)
+    d_gates = torch.randn(steps * batch, 4 * size, device=device)
+
+    def run() -> None:
+        x @ w_ih.t()  # forward: input projection for every step at once
+        for _ in range(steps):
+            h @ w_hh.t()  # forward: recurrent product, one per step
+        for d in d_gates.split(batch):
+            d @ w_hh  # backward: gradient to the previous state, one per step
+        d_gates.t() @ x, d_gates.t() @ x, d_gates @ w_ih  # weight gradients, input gradient
 
     return run
 
@@ -74,6 +96,23 @@ def run(quick: bool = False) -> list[dict]:
                 device=device,
             )
         )
+    floor_ms, reference_ms = time_pair(
+        _lstm_matrix_products(steps, batch, size, device),
+        _forward_backward(nn.LSTM(size, size).to(device), x),
+        repeat=repeat,
+        warmup=warmup,
+    )
+    rows.append(
+        row(
+            "layers",
+            f"LSTM matrix products alone (the floor of any loop), {shape}",
+            floor_ms,
+            "torch.nn.LSTM" + (" (cuDNN)" if cuda else ""),
+            reference_ms,
+            "reference",
+            device=device,
+        )
+    )
     return rows
 
 
