@@ -317,9 +317,11 @@ def _cpu_lstm_lacks_autocast_dtype(mode: str | None, input: Tensor | PackedSeque
     for an LSTM in bfloat16 (or float16), which CPUs without those instructions cannot build
     ("could not create a primitive descriptor"); the layers then run the kernel in float32.
     """
-    device = (input.data if isinstance(input, PackedSequence) else input).device
-    if mode != "LSTM" or device.type != "cpu" or not torch.is_autocast_enabled("cpu"):
+    if mode != "LSTM" or not torch.is_autocast_enabled("cpu"):
         return False
+    data = input.data if isinstance(input, PackedSequence) else input
+    if not isinstance(data, Tensor) or data.device.type != "cpu":
+        return False  # not a tensor: the input checks name the problem
     if torch.get_autocast_dtype("cpu") == torch.float16:
         return not torch.ops.mkldnn._is_mkldnn_fp16_supported()
     return not torch.ops.mkldnn._is_mkldnn_bf16_supported()

@@ -83,3 +83,9 @@ def test_trainer_amp_trains_an_lstm_on_cpu():
     history = trainer.fit((x, y), epochs=2, batch_size=16)
     losses = history["loss"]
     assert len(losses) == 2 and all(torch.isfinite(torch.tensor(losses)))
+
+
+def test_bad_input_is_still_named_under_autocast():
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        with pytest.raises(ValueError, match="expected a Tensor or PackedSequence, got list"):
+            rnnkit.LSTM(4, 6)([[1.0] * 4])
