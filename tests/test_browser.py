@@ -176,8 +176,11 @@ def test_panel_in_jupyterlab(lab, tmp_path):
                 arg=[status.element_handle(), first],
                 timeout=30_000,
             )
+            # The first live draw comes a redraw interval after the start, however fast the steps.
             chart = page.locator(".widget-image")
-            assert chart.evaluate("img => img.naturalWidth") > 0, "the live chart is not drawn"
+            page.wait_for_function(
+                "img => img.naturalWidth > 0", arg=chart.element_handle(), timeout=30_000
+            )
             idle.wait_for(timeout=10_000)  # training in the background leaves the kernel free
 
             page.locator("button.widget-button", has_text="Stop").click()
