@@ -34,6 +34,13 @@ from rnnkit.clipping import (
 from rnnkit.diagnostics import GradientFlow, gradient_flow, saturation, spectral_radius
 from rnnkit.init import init_recurrent
 from rnnkit.kerasfit import fit
+from rnnkit.losses import (
+    UncertaintyWeighting,
+    balanced_accuracy,
+    class_balanced_weights,
+    focal_loss,
+    recall_per_class,
+)
 from rnnkit.lr_find import LRFinderResult, lr_find
 from rnnkit.models import SequenceModel
 from rnnkit.padding import (
@@ -170,4 +177,9 @@ __all__ = [
     "saturation",
     "spectral_radius",
     "tbptt",
+    "UncertaintyWeighting",
+    "balanced_accuracy",
+    "class_balanced_weights",
+    "focal_loss",
+    "recall_per_class",
 ]

@@ -2,7 +2,9 @@
 
 Losses and metrics work on a model output of shape ``(..., C)`` or ``(...)`` and a target of the
 matching shape; ``cross_entropy`` and ``accuracy`` take class logits ``(..., C)`` with integer
-labels ``(...)`` (per step for sequence outputs ``(B, T, C)``) and ignore label ``-100`` (padding).
+labels ``(...)`` (per step for sequence outputs ``(B, T, C)``) and ignore label ``-100`` (padding);
+so do ``focal`` (:func:`rnnkit.focal_loss`, gamma 2) and ``balanced_accuracy``
+(:func:`rnnkit.balanced_accuracy`).
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ from collections.abc import Callable, Iterable
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from rnnkit.losses import balanced_accuracy, focal_loss
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
 
@@ -45,10 +49,12 @@ LOSSES: dict[str, tuple[LossFn, str]] = {
     "smooth_l1": (F.smooth_l1_loss, "float"),
     "cross_entropy": (cross_entropy, "int"),
     "bce": (binary_cross_entropy, "float"),
+    "focal": (focal_loss, "int"),
 }
 
 METRICS: dict[str, LossFn] = {
     "accuracy": accuracy,
+    "balanced_accuracy": balanced_accuracy,
     "mse": F.mse_loss,
     "mae": F.l1_loss,
 }
