@@ -108,8 +108,10 @@ class Trainer:
         model: the module; ``forward_fn(model, batch)`` computes its output.
         optimizer: a ``torch.optim`` optimizer over the model's parameters.
         loss_fn: ``loss(output, target) -> scalar``, or a name from :mod:`rnnkit.names`.
-        metrics: names (``"accuracy"``, ``"mae"``, ``"mse"``), callables or ``{name: fn}``;
-            averaged over each epoch's samples, on validation data as ``val_<name>``.
+        metrics: names (``"accuracy"``, ``"balanced_accuracy"``, ``"mae"``, ``"mse"``),
+            callables or ``{name: fn}``; averaged over each epoch's samples (a per-batch value
+            averaged: exact for means, close for balanced accuracy), on validation data as
+            ``val_<name>``.
         callbacks: :class:`rnnkit.Callback` objects, called after the built-in ones.
         device: where to train; None keeps the model where it is (``cuda:LOCAL_RANK`` under
             torchrun with GPUs).
