@@ -1,19 +1,8 @@
 """The UI-overhead benchmark runs, and the panel leaves the training itself unchanged."""
 
 import pytest
-import torch
 
 from benchmarks import ui_overhead
-
-
-@pytest.fixture
-def one_thread():
-    # Tiny kernels on a shared two-core machine: intra-op threads waiting for each other cost
-    # more than the work. The checks here are not timings.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.mark.slow

@@ -1,19 +1,6 @@
 """The variable-length benchmark runs and its methods agree where they should."""
 
-import pytest
-import torch
-
 from benchmarks import varlen
-
-
-@pytest.fixture
-def one_thread():
-    # The quick size is hundreds of tiny kernels: on a shared, oversubscribed CPU, intra-op
-    # threads waiting for each other cost more than the work. The checks here are not timings.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_varlen_quick_runs_and_agrees_with_packing(one_thread):
