@@ -405,8 +405,9 @@ def _prepare(
 
 def _dtype_mismatch(x: Tensor, dtype: torch.dtype) -> bool:
     # Under autocast, mixed floating dtypes are expected (a Linear before the layer emits bf16).
-    autocast = torch.is_autocast_enabled(x.device.type) and x.is_floating_point()
-    return x.dtype != dtype and not autocast
+    if x.dtype == dtype:
+        return False
+    return not (x.is_floating_point() and torch.is_autocast_enabled(x.device.type))
 
 
 def _check_features(name: str, x: Tensor, input_size: int, dtype: torch.dtype) -> None:
@@ -519,7 +520,7 @@ class _TorchCompatible:
     def forward(self, input, hx=None, *, lengths=None, mask=None):
         name = _describe(self)
         dtype = self._flat_weights[0].dtype
-        if not self.fused_blockers() and _cpu_lstm_lacks_autocast_dtype(self.mode, input):
+        if _cpu_lstm_lacks_autocast_dtype(self.mode, input) and not self.fused_blockers():
             return _in_float32(self.forward, input, hx, dtype, lengths=lengths, mask=mask)
         prep = _prepare(self, input, self.input_size, dtype, self.batch_first, lengths, mask)
         batch = prep.x.shape[1]
@@ -752,7 +753,7 @@ class Recurrent(nn.Module):
         name = _describe(self)
         params = next(self.cells[0].parameters(), None)
         dtype = params.dtype if params is not None else input.dtype
-        if not self.fused_blockers() and _cpu_lstm_lacks_autocast_dtype(self._fused_mode(), input):
+        if _cpu_lstm_lacks_autocast_dtype(self._fused_mode(), input) and not self.fused_blockers():
             return _in_float32(self.forward, input, hx, dtype, lengths=lengths, mask=mask)
         input_size = self.input_size if self.input_size is not None else input.shape[-1]
         prep = _prepare(self, input, input_size, dtype, self.batch_first, lengths, mask)
