@@ -25,13 +25,7 @@ def ip():
     return shell
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    # Two intra-op threads on a shared two-core machine make tiny models tens of times slower.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: see conftest
 
 
 @pytest.fixture

@@ -14,13 +14,7 @@ from rnnkit.widgets.chart import TrainingChart
 PNG = b"\x89PNG"
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    # Two intra-op threads on a shared two-core machine make tiny models tens of times slower.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: see conftest
 
 
 def wait_for(condition, what: str, timeout: float = 120.0) -> None:
