@@ -32,6 +32,7 @@ from rnnkit.clipping import (
     first_nonfinite_gradient,
 )
 from rnnkit.diagnostics import GradientFlow, gradient_flow, saturation, spectral_radius
+from rnnkit.errors import InputError
 from rnnkit.init import init_recurrent
 from rnnkit.kerasfit import fit
 from rnnkit.losses import (
@@ -109,6 +110,7 @@ __all__ = [
     "EarlyStopping",
     "GradientClipping",
     "History",
+    "InputError",
     "LRFinderResult",
     "LRSchedule",
     "ModelCheckpoint",

@@ -26,6 +26,8 @@ from torch import Tensor, nn
 
 from rnnkit import recurrent as _recurrent
 from rnnkit.cells import State
+from rnnkit.engines.loop import run_cell
+from rnnkit.engines.states import split_state
 from rnnkit.regularization import Zoneout
 from rnnkit.units import RecurrentUnit, call_model, evaluating, record_layer_calls, recurrent_units
 
@@ -286,7 +288,7 @@ def _replay(
     if hx is not None:
         if prep.unbatched:
             hx = tuple(h.unsqueeze(1) for h in hx) if isinstance(hx, tuple) else hx.unsqueeze(1)
-        states = _recurrent._split_state(hx, count)
+        states = split_state(hx, count)
     elif is_layer:
         batch = x.shape[1]
         h = x.new_zeros(batch, getattr(module, "proj_size", 0) or module.hidden_size)
@@ -314,7 +316,7 @@ def _replay(
                 recorded.append(gates)
                 return new
 
-            out, _ = _recurrent.run_cell(
+            out, _ = run_cell(
                 plain_step, project(layer_input), states[index], valid=valid, reverse=direction == 1
             )
             outputs.append(out)

@@ -1,338 +1,54 @@
 """Recurrent layers: a cell run over time, stacked and bidirectional, with lengths.
 
-One layer, two engines. When a configuration is one that PyTorch's fused kernels compute (cuDNN
-on GPU, aten/oneDNN on CPU), the layer calls them; otherwise it runs its own loop over time with
-the input projection hoisted out of it. Both give the same numbers;
-:func:`explain_fast_path` says which engine a layer uses and why.
+``rnnkit.RNN/LSTM/GRU`` are ``torch.nn``'s layers (same constructor, state dict and numbers) with
+lengths and engines; :class:`Recurrent` runs any cell. How a layer runs is an engine's business
+(:mod:`rnnkit.engines`): the layer checks its input, asks :func:`rnnkit.engines.select` which
+engine computes it exactly, and hands over.
 
 Lengths are first-class. With ``lengths=`` (or ``mask=``) every layer returns zeros past each
 sequence's end, the state at each sequence's own last step as ``h_n`` (and ``c_n``), and runs the
 backward direction of a bidirectional layer from each sequence's own end — what running each
 sequence alone gives. How:
 
-* own loop: a masked update ``state_t = where(t < length, step(x_t, state_{t-1}), state_{t-1})``
-  in both directions, so padded steps never touch a state;
-* fused kernel: the padded batch is cut in time at its distinct lengths and the kernel runs
-  segment after segment, carrying the state; the state of a sequence that ends at a cut is taken
-  there. The backward direction runs the same way over each sequence reversed within its length.
-  A length-bucketed batch has few distinct lengths, so few segments: this is the fast exact path
-  (``pack_padded_sequence`` is accepted too, for compatibility, but is not needed).
+* own loop (:mod:`rnnkit.engines.loop`): a masked update ``state_t = where(t < length,
+  step(x_t, state_{t-1}), state_{t-1})`` in both directions, so padded steps never touch a state;
+* fused kernel (:mod:`rnnkit.engines.fused`): the padded batch is cut in time at its distinct
+  lengths and the kernel runs segment after segment, carrying the state; the backward direction
+  runs the same way over each sequence reversed within its length. A length-bucketed batch has
+  few distinct lengths, so few segments: this is the fast exact path (``pack_padded_sequence`` is
+  accepted too, for compatibility, but is not needed).
 """
 
 from __future__ import annotations
 
 import copy
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
-from rnnkit import cells as _cells
-from rnnkit.cells import State
+from rnnkit.cells import State, gru_step, lstm_step, rnn_step
+from rnnkit.engines import fused, loop
+from rnnkit.engines.loop import StepObserver
+from rnnkit.engines.selection import (
+    Blockers,
+    check_engine,
+    describe,
+    explain_fast_path,
+    select,
+)
+from rnnkit.engines.states import split_state, stack_states
 from rnnkit.padding import check_lengths, mask_to_lengths
 
-ENGINES = ("auto", "fused", "loop")
-_FUSED_FUNCTIONS = {
-    "LSTM": torch.lstm,
-    "GRU": torch.gru,
-    "RNN_TANH": torch.rnn_tanh,
-    "RNN_RELU": torch.rnn_relu,
-}
-# Cells whose step is exactly a fused kernel's (the exact type: a subclass may change the step).
-_FUSABLE_CELLS = {
-    _cells.LSTMCell: "LSTM",
-    nn.LSTMCell: "LSTM",
-    _cells.GRUCell: "GRU",
-    nn.GRUCell: "GRU",
-    _cells.RNNCell: "RNN",
-    nn.RNNCell: "RNN",
-}
+__all__ = ["GRU", "LSTM", "RNN", "Recurrent", "explain_fast_path"]
 
-StepObserver = Callable[[int, int, int, Tensor], None]
-
-
-# --------------------------------------------------------------------------------------------
-# State layout helpers. Layers exchange states in torch.nn's layout: a tensor (L*D, B, H) or a
-# tuple of them; the loop works on one state per (layer, direction) unit.
-
-
-def _split_state(hx: State, units: int) -> list[State]:
-    if isinstance(hx, tuple):
-        return [tuple(part[u] for part in hx) for u in range(units)]
-    return [hx[u] for u in range(units)]
-
-
-def _stack_states(states: list[State]) -> State:
-    if isinstance(states[0], tuple):
-        return tuple(torch.stack(parts) for parts in zip(*states, strict=True))
-    return torch.stack(states)
-
-
-def _state_output(state: State) -> Tensor:
-    return state[0] if isinstance(state, tuple) else state
-
-
-def _where(keep: Tensor, new: State, old: State) -> State:
-    if isinstance(new, tuple):
-        return tuple(torch.where(keep, n, o) for n, o in zip(new, old, strict=True))
-    return torch.where(keep, new, old)
-
-
-# --------------------------------------------------------------------------------------------
-# The own-loop engine.
-
-
-def run_cell(
-    step: Callable[[Tensor, State], State],
-    x_proj: Tensor,
-    state: State,
-    *,
-    valid: Tensor | None = None,
-    reverse: bool = False,
-    observe: Callable[[int, Tensor], None] | None = None,
-) -> tuple[Tensor, State]:
-    """Run ``step`` over the time-major projected inputs ``x_proj (T, B, *)``.
-
-    ``valid (T, B)`` masks padded steps: there the state is carried unchanged and the output is 0.
-    ``reverse`` runs from the last step to the first. ``observe(t, h_t)`` sees each step's output
-    state (the tensor the next step consumes; diagnostics call ``retain_grad`` on it).
-    Returns the outputs ``(T, B, H)`` in time order and the final state.
-    """
-    outputs = []
-    # unbind, not x_proj[t]: indexing would make the backward pass fill a zero gradient of the
-    # whole sequence at every step (quadratic in T); unbind's backward stacks once.
-    inputs = x_proj.unbind(0)
-    masks = valid.unsqueeze(-1).unbind(0) if valid is not None else None
-    times = range(x_proj.shape[0] - 1, -1, -1) if reverse else range(x_proj.shape[0])
-    for t in times:
-        new = step(inputs[t], state)
-        if masks is not None:
-            keep = masks[t]
-            new = _where(keep, new, state)
-        out = _state_output(new)
-        if observe is not None:
-            observe(t, out)
-        outputs.append(out if valid is None else out.masked_fill(~keep, 0.0))
-        state = new
-    if reverse:
-        outputs.reverse()
-    if not outputs:
-        return x_proj.new_zeros(0, *_state_output(state).shape), state
-    return torch.stack(outputs), state
-
-
-def _loop_engine(
-    x: Tensor,
-    states: list[State],
-    units: list[tuple[Callable[[Tensor], Tensor], Callable]],
-    *,
-    num_layers: int,
-    num_directions: int,
-    valid: Tensor | None,
-    dropout: float,
-    training: bool,
-    observer: StepObserver | None,
-) -> tuple[Tensor, list[State]]:
-    finals: list[State] = []
-    layer_input = x
-    for layer in range(num_layers):
-        outputs = []
-        for direction in range(num_directions):
-            unit = layer * num_directions + direction
-            project, step = units[unit]
-            observe = None
-            if observer is not None:
-                observe = lambda t, h, layer=layer, direction=direction: observer(
-                    layer, direction, t, h
-                )
-            out, final = run_cell(
-                step,
-                project(layer_input),
-                states[unit],
-                valid=valid,
-                reverse=direction == 1,
-                observe=observe,
-            )
-            outputs.append(out)
-            finals.append(final)
-        layer_input = torch.cat(outputs, dim=-1) if num_directions == 2 else outputs[0]
-        if dropout and training and layer < num_layers - 1:
-            layer_input = F.dropout(layer_input, dropout, training=True)
-    return layer_input, finals
-
-
-# --------------------------------------------------------------------------------------------
-# The fused engine with lengths.
-
-
-def reverse_within_lengths(x: Tensor, lengths: Tensor) -> Tensor:
-    """Reverse each sequence of a time-major right-padded batch within its own length.
-
-    Step ``t < lengths[b]`` of row ``b`` becomes step ``lengths[b] - 1 - t``; padded steps stay.
-    Applying it twice gives back ``x``.
-    """
-    steps = torch.arange(x.shape[0], device=x.device)[:, None]
-    lengths = lengths.to(x.device)[None, :]
-    index = torch.where(steps < lengths, lengths - 1 - steps, steps)
-    index = index.view(*index.shape, *([1] * (x.dim() - 2))).expand_as(x)
-    return x.gather(0, index)
-
-
-def _run_kernel(kernel: Callable, x: Tensor, state: tuple[Tensor, ...], weights, **kw):
-    """One fused-kernel call with the state as a tuple: returns ``(output, state)``."""
-    result = kernel(
-        x,
-        state if len(state) == 2 else state[0],
-        weights,
-        kw["has_biases"],
-        kw["num_layers"],
-        kw["dropout"],
-        kw["training"],
-        kw.get("bidirectional", False),
-        False,
-    )
-    return result[0], tuple(result[1:])
-
-
-def _fused_segments(
-    kernel: Callable,
-    x: Tensor,
-    state: tuple[Tensor, ...],
-    weights: list[Tensor],
-    lengths: Tensor,
-    **kw,
-) -> tuple[Tensor, tuple[Tensor, ...]]:
-    """A unidirectional fused kernel over a right-padded batch sorted by decreasing length.
-
-    The time axis is cut at each distinct length; each segment runs only the leading rows still
-    active in it, so finished rows keep their final state and get zero outputs.
-    """
-    batch, outputs, start = x.shape[1], [], 0
-    for end in torch.unique(lengths).tolist():
-        if end == start:
-            continue
-        active = int((lengths >= end).sum())
-        rows = tuple(s[:, :active] for s in state)
-        out, new = _run_kernel(kernel, x[start:end, :active], rows, weights, **kw)
-        outputs.append(F.pad(out, (0, 0, 0, batch - active)))
-        if active < batch:
-            new = tuple(
-                torch.cat([n, s[:, active:]], dim=1) for n, s in zip(new, state, strict=True)
-            )
-        state, start = new, end
-    if start < x.shape[0] or not outputs:  # steps past the longest sequence: outputs are zero
-        width = _state_output(state).shape[-1]
-        outputs.append(x.new_zeros(x.shape[0] - start, batch, width))
-    return torch.cat(outputs), state
-
-
-def _fused_engine(
-    mode: str,
-    x: Tensor,
-    hx: State,
-    unit_weights: list[list[Tensor]],
-    lengths: Tensor | None,
-    *,
-    has_biases: bool,
-    num_layers: int,
-    bidirectional: bool,
-    dropout: float,
-    training: bool,
-) -> tuple[Tensor, State]:
-    """The fused kernel over a time-major batch; with ``lengths``, in segments (module doc)."""
-    kernel = _FUSED_FUNCTIONS[mode]
-    kw = {"has_biases": has_biases, "dropout": dropout, "training": training}
-    state = hx if isinstance(hx, tuple) else (hx,)
-    unpack = (lambda s: s) if isinstance(hx, tuple) else (lambda s: s[0])
-    if lengths is None:
-        flat = [w for ws in unit_weights for w in ws]
-        kw.update(num_layers=num_layers, bidirectional=bidirectional)
-        output, final = _run_kernel(kernel, x, state, flat, **kw)
-        return output, unpack(final)
-    # Sort by decreasing length (a no-op for bucketed batches, which come sorted) so that each
-    # segment runs a leading block of rows; undo the order at the end.
-    order = torch.argsort(lengths, descending=True, stable=True)
-    is_sorted = bool((order == torch.arange(len(order))).all())
-    if not is_sorted:
-        lengths = lengths[order]
-        index = order.to(x.device)
-        x, state = x[:, index], tuple(s[:, index] for s in state)
-    output, final = _fused_sorted(
-        kernel,
-        x,
-        state,
-        unit_weights,
-        lengths,
-        num_layers=num_layers,
-        bidirectional=bidirectional,
-        **kw,
-    )
-    if not is_sorted:
-        inverse = torch.argsort(order).to(x.device)
-        output, final = output[:, inverse], tuple(s[:, inverse] for s in final)
-    return output, unpack(final)
-
-
-def _fused_sorted(
-    kernel: Callable,
-    x: Tensor,
-    state: tuple[Tensor, ...],
-    unit_weights: list[list[Tensor]],
-    lengths: Tensor,
-    *,
-    num_layers: int,
-    bidirectional: bool,
-    **kw,
-) -> tuple[Tensor, tuple[Tensor, ...]]:
-    if not bidirectional:
-        flat = [w for ws in unit_weights for w in ws]
-        return _fused_segments(kernel, x, state, flat, lengths, num_layers=num_layers, **kw)
-    # Bidirectional with lengths: layer by layer, each direction a one-layer forward run; the
-    # backward one over each sequence reversed within its length.
-    kw["num_layers"] = 1
-    dropout, training = kw["dropout"], kw["training"]
-    finals, layer_input = [], x
-    for layer in range(num_layers):
-        outputs = []
-        for direction in range(2):
-            unit = 2 * layer + direction
-            one = tuple(s[unit : unit + 1] for s in state)
-            inp = reverse_within_lengths(layer_input, lengths) if direction else layer_input
-            out, final = _fused_segments(kernel, inp, one, unit_weights[unit], lengths, **kw)
-            outputs.append(reverse_within_lengths(out, lengths) if direction else out)
-            finals.append(final)
-        layer_input = torch.cat(outputs, dim=-1)
-        if dropout and training and layer < num_layers - 1:
-            layer_input = F.dropout(layer_input, dropout, training=True)
-    return layer_input, tuple(torch.cat(parts) for parts in zip(*finals, strict=True))
-
-
-def _cpu_lstm_lacks_autocast_dtype(mode: str | None, input: Tensor | PackedSequence) -> bool:
-    """Whether ``torch.lstm`` would fail here under CPU autocast.
-
-    ``torch.lstm`` is on CPU autocast's lower-precision list, so under autocast it asks oneDNN
-    for an LSTM in bfloat16 (or float16), which CPUs without those instructions cannot build
-    ("could not create a primitive descriptor"); the layers then run the kernel in float32.
-    """
-    if mode != "LSTM" or not torch.is_autocast_enabled("cpu"):
-        return False
-    data = input.data if isinstance(input, PackedSequence) else input
-    if not isinstance(data, Tensor) or data.device.type != "cpu":
-        return False  # not a tensor: the input checks name the problem
-    if torch.get_autocast_dtype("cpu") == torch.float16:
-        return not torch.ops.mkldnn._is_mkldnn_fp16_supported()
-    return not torch.ops.mkldnn._is_mkldnn_bf16_supported()
-
-
-def _in_float32(forward: Callable, input, hx, dtype: torch.dtype, **kw):
-    """``forward`` with CPU autocast off and the input and state cast to the weights' dtype."""
-    if hx is not None:
-        hx = tuple(h.to(dtype) for h in hx) if isinstance(hx, tuple) else hx.to(dtype)
-    with torch.autocast("cpu", enabled=False):
-        return forward(input.to(dtype), hx, **kw)
+_OBSERVER_BLOCKER = (
+    "a per-step observer is attached (diagnostics)",
+    "it is removed after the call",
+)
 
 
 # --------------------------------------------------------------------------------------------
@@ -358,7 +74,7 @@ def _prepare(
     lengths,
     mask: Tensor | None,
 ) -> _Prepared:
-    name = _describe(layer)
+    name = describe(layer)
     if isinstance(input, PackedSequence):
         if lengths is not None or mask is not None:
             raise ValueError(f"{name}: a PackedSequence carries its lengths; pass no lengths/mask")
@@ -455,10 +171,6 @@ def _finish(
     return (output.transpose(0, 1) if batch_first else output), final
 
 
-def _describe(layer: nn.Module) -> str:
-    return f"{type(layer).__name__}({layer.extra_repr()})"
-
-
 # --------------------------------------------------------------------------------------------
 # torch.nn-compatible layers.
 
@@ -472,21 +184,12 @@ class _TorchCompatible:
     _observer: StepObserver | None
 
     def _init_engine(self, engine: str) -> None:
-        if engine not in ENGINES:
-            raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
-        self.engine = engine
+        self.engine = check_engine(type(self).__name__, engine)
         self._observer = None
 
-    def fused_blockers(self) -> list[tuple[str, str]]:
-        """Why this layer would not use the fused kernel: ``[(reason, fix), ...]``."""
-        blockers = []
-        if self.engine == "loop":
-            blockers.append(("engine='loop' was requested", "set layer.engine = 'auto'"))
-        if self._observer is not None:
-            blockers.append(
-                ("a per-step observer is attached (diagnostics)", "it is removed after the call")
-            )
-        return blockers
+    def engine_blockers(self) -> Blockers:
+        """What keeps each engine faster than the loop from running this layer now."""
+        return {"fused": [_OBSERVER_BLOCKER] if self._observer is not None else []}
 
     def _unit_weights(self) -> list[list[Tensor]]:
         return [[getattr(self, n) for n in names] for names in self._all_weights]
@@ -500,12 +203,12 @@ class _TorchCompatible:
             w_hr = params[-1] if getattr(self, "proj_size", 0) else None
             project = lambda x, w=w_ih, b=b_ih: F.linear(x, w, b)
             if self.mode == "LSTM":
-                step = lambda xp, s, w=w_hh, b=b_hh, r=w_hr: _cells.lstm_step(xp, s, w, b, r)
+                step = lambda xp, s, w=w_hh, b=b_hh, r=w_hr: lstm_step(xp, s, w, b, r)
             elif self.mode == "GRU":
-                step = lambda xp, s, w=w_hh, b=b_hh: _cells.gru_step(xp, s, w, b)
+                step = lambda xp, s, w=w_hh, b=b_hh: gru_step(xp, s, w, b)
             else:
                 act = "tanh" if self.mode == "RNN_TANH" else "relu"
-                step = lambda xp, s, w=w_hh, b=b_hh, a=act: _cells.rnn_step(xp, s, w, b, a)
+                step = lambda xp, s, w=w_hh, b=b_hh, a=act: rnn_step(xp, s, w, b, a)
             units.append((project, step))
         return units
 
@@ -518,26 +221,24 @@ class _TorchCompatible:
         return [(*lead, out)]
 
     def forward(self, input, hx=None, *, lengths=None, mask=None):
-        name = _describe(self)
+        name = describe(self)
         dtype = self._flat_weights[0].dtype
-        if _cpu_lstm_lacks_autocast_dtype(self.mode, input) and not self.fused_blockers():
-            return _in_float32(self.forward, input, hx, dtype, lengths=lengths, mask=mask)
+        engine = select(name, self.engine, self.engine_blockers())
+        if engine == "fused" and fused.cpu_lstm_lacks_autocast_dtype(self.mode, input):
+            return fused.in_float32(self.forward, input, hx, dtype, lengths=lengths, mask=mask)
         prep = _prepare(self, input, self.input_size, dtype, self.batch_first, lengths, mask)
         batch = prep.x.shape[1]
         if hx is not None:
             _check_state(name, hx, self._state_shapes(None if prep.unbatched else batch), dtype)
-        blockers = self.fused_blockers()
-        if self.engine == "fused" and blockers:
-            raise ValueError(f"{name}: engine='fused' is impossible: {blockers[0][0]}")
-        if not blockers and (prep.lengths is None or prep.packed is not None):
+        if engine == "fused" and (prep.lengths is None or prep.packed is not None):
             return super().forward(input, hx)
         if hx is None:
             zeros = [prep.x.new_zeros(shape) for shape in self._state_shapes(batch)]
             hx = tuple(zeros) if self.mode == "LSTM" else zeros[0]
         elif prep.unbatched:
             hx = tuple(h.unsqueeze(1) for h in hx) if self.mode == "LSTM" else hx.unsqueeze(1)
-        if not blockers:
-            output, final = _fused_engine(
+        if engine == "fused":
+            output, final = fused.run(
                 self.mode,
                 prep.x,
                 hx,
@@ -550,9 +251,9 @@ class _TorchCompatible:
                 training=self.training,
             )
         else:
-            output, finals = _loop_engine(
+            output, finals = loop.run_layers(
                 prep.x,
-                _split_state(hx, len(self._all_weights)),
+                split_state(hx, len(self._all_weights)),
                 self._step_units(),
                 num_layers=self.num_layers,
                 num_directions=2 if self.bidirectional else 1,
@@ -561,7 +262,7 @@ class _TorchCompatible:
                 training=self.training,
                 observer=self._observer,
             )
-            final = _stack_states(finals)
+            final = stack_states(finals)
         return _finish(prep, output, final, self.batch_first)
 
 
@@ -681,10 +382,9 @@ class Recurrent(nn.Module):
             raise ValueError(f"Recurrent: num_layers must be an int >= 1, got {num_layers!r}")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"Recurrent: dropout must be in [0, 1), got {dropout}")
-        if engine not in ENGINES:
-            raise ValueError(f"Recurrent: engine must be one of {ENGINES}, got {engine!r}")
         self.num_layers, self.bidirectional = num_layers, bidirectional
-        self.batch_first, self.dropout, self.engine = batch_first, dropout, engine
+        self.batch_first, self.dropout = batch_first, dropout
+        self.engine = check_engine("Recurrent", engine)
         self.input_size = cell.input_size if hasattr(cell, "input_size") else None
         self.hidden_size = _output_size(cell)
         directions = 2 if bidirectional else 1
@@ -703,24 +403,11 @@ class Recurrent(nn.Module):
         )
 
     def _fused_mode(self) -> str | None:
-        kinds = {_FUSABLE_CELLS.get(type(c)) for c in self.cells}
-        if len(kinds) != 1 or None in kinds:
-            return None
-        kind = kinds.pop()
-        if kind == "RNN":
-            acts = {c.nonlinearity for c in self.cells}
-            if len(acts) != 1:
-                return None
-            kind = "RNN_TANH" if acts.pop() == "tanh" else "RNN_RELU"
-        if len({c.bias_ih is not None for c in self.cells}) != 1:
-            return None
-        return kind
+        return fused.cells_mode(self.cells)
 
-    def fused_blockers(self) -> list[tuple[str, str]]:
-        """Why this layer would not use the fused kernel: ``[(reason, fix), ...]``."""
+    def engine_blockers(self) -> Blockers:
+        """What keeps each engine faster than the loop from running this layer now."""
         blockers = []
-        if self.engine == "loop":
-            blockers.append(("engine='loop' was requested", "set layer.engine = 'auto'"))
         if self._fused_mode() is None:
             names = sorted({type(c).__name__ for c in self.cells})
             blockers.append(
@@ -731,10 +418,8 @@ class Recurrent(nn.Module):
                 )
             )
         if self._observer is not None:
-            blockers.append(
-                ("a per-step observer is attached (diagnostics)", "it is removed after the call")
-            )
-        return blockers
+            blockers.append(_OBSERVER_BLOCKER)
+        return {"fused": blockers}
 
     def _initial_states(self, x: Tensor) -> list[State]:
         batch = x.shape[1]
@@ -750,11 +435,12 @@ class Recurrent(nn.Module):
         return states
 
     def forward(self, input, hx=None, *, lengths=None, mask=None):
-        name = _describe(self)
+        name = describe(self)
         params = next(self.cells[0].parameters(), None)
         dtype = params.dtype if params is not None else input.dtype
-        if _cpu_lstm_lacks_autocast_dtype(self._fused_mode(), input) and not self.fused_blockers():
-            return _in_float32(self.forward, input, hx, dtype, lengths=lengths, mask=mask)
+        engine = select(name, self.engine, self.engine_blockers())
+        if engine == "fused" and fused.cpu_lstm_lacks_autocast_dtype(self._fused_mode(), input):
+            return fused.in_float32(self.forward, input, hx, dtype, lengths=lengths, mask=mask)
         input_size = self.input_size if self.input_size is not None else input.shape[-1]
         prep = _prepare(self, input, input_size, dtype, self.batch_first, lengths, mask)
         zero_states = self._initial_states(prep.x)
@@ -769,20 +455,17 @@ class Recurrent(nn.Module):
                 )
             parts = zero_states[0] if isinstance(zero_states[0], tuple) else (zero_states[0],)
             _check_state(name, hx, [(len(self.cells), *p.shape) for p in parts], dtype)
-            states = _split_state(hx, len(self.cells))
-        blockers = self.fused_blockers()
-        if self.engine == "fused" and blockers:
-            raise ValueError(f"{name}: engine='fused' is impossible: {blockers[0][0]}")
-        if not blockers:
+            states = split_state(hx, len(self.cells))
+        if engine == "fused":
             has_biases = self.cells[0].bias_ih is not None
             weights = [
                 [c.weight_ih, c.weight_hh] + ([c.bias_ih, c.bias_hh] if has_biases else [])
                 for c in self.cells
             ]
-            output, final = _fused_engine(
+            output, final = fused.run(
                 self._fused_mode(),
                 prep.x,
-                _stack_states(states),
+                stack_states(states),
                 weights,
                 prep.lengths,
                 has_biases=has_biases,
@@ -796,7 +479,7 @@ class Recurrent(nn.Module):
                 (c.project_input, c.step) if hasattr(c, "project_input") else (lambda x: x, c)
                 for c in self.cells
             ]
-            output, finals = _loop_engine(
+            output, finals = loop.run_layers(
                 prep.x,
                 states,
                 step_units,
@@ -807,65 +490,5 @@ class Recurrent(nn.Module):
                 training=self.training,
                 observer=self._observer,
             )
-            final = _stack_states(finals)
+            final = stack_states(finals)
         return _finish(prep, output, final, self.batch_first)
-
-
-# --------------------------------------------------------------------------------------------
-# Which engine runs.
-
-
-@dataclass
-class FastPath:
-    """How one recurrent layer runs: ``engine`` is ``"fused"`` or ``"loop"``."""
-
-    name: str
-    layer: str
-    engine: str
-    kernel: str
-    reasons: list[str] = field(default_factory=list)
-    fixes: list[str] = field(default_factory=list)
-
-    def __str__(self) -> str:
-        line = f"{self.name or '(module)'}: {self.layer} -> {self.engine} ({self.kernel})"
-        for reason, fix in zip(self.reasons, self.fixes, strict=True):
-            line += f"\n    because {reason}; to change: {fix}"
-        return line
-
-
-def _kernel_name(module: nn.Module) -> str:
-    p = next(module.parameters(), None)
-    if p is not None and p.is_cuda:
-        cudnn = torch.backends.cudnn
-        return "cuDNN" if cudnn.is_available() and cudnn.enabled else "CUDA (no cuDNN)"
-    return "aten CPU kernel"
-
-
-def explain_fast_path(module: nn.Module) -> list[FastPath]:
-    """Say which engine each recurrent layer inside ``module`` uses and why.
-
-    Returns one :class:`FastPath` per layer (rnnkit's layers, ``Recurrent`` and ``torch.nn``'s
-    ``RNN/LSTM/GRU``); for a layer on rnnkit's own loop, every reason and the change that would
-    enable the fused kernel. ``print(*explain_fast_path(model), sep="\\n")`` reads well.
-    """
-    reports = []
-    for name, sub in module.named_modules():
-        if isinstance(sub, (_TorchCompatible, Recurrent)):
-            blockers = sub.fused_blockers()
-            if blockers:
-                kernel = "rnnkit loop, input projection hoisted; masked steps with lengths"
-            else:
-                kernel = _kernel_name(sub) + "; with lengths: segments cut at distinct lengths"
-            reports.append(
-                FastPath(
-                    name,
-                    _describe(sub),
-                    "loop" if blockers else "fused",
-                    kernel,
-                    [b[0] for b in blockers],
-                    [b[1] for b in blockers],
-                )
-            )
-        elif isinstance(sub, nn.RNNBase):
-            reports.append(FastPath(name, _describe(sub), "fused", _kernel_name(sub)))
-    return reports

@@ -46,7 +46,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from rnnkit.recurrent import _check_state, _describe, _finish, _prepare, _valid
+from rnnkit.engines.selection import describe
+from rnnkit.recurrent import _check_state, _finish, _prepare, _valid
 
 ENGINES = ("scan", "loop")
 KINDS = ("gru", "lstm")
@@ -244,7 +245,7 @@ class _MinRNN(nn.Module):
             h0 = x.new_zeros(batch, self.hidden_size)
         else:
             shape = (1, self.hidden_size) if prep.unbatched else (1, batch, self.hidden_size)
-            _check_state(_describe(self), hx, [shape], dtype)
+            _check_state(describe(self), hx, [shape], dtype)
             h0 = hx if prep.unbatched else hx[0]  # (B, H); unbatched (1, H) is a batch of one
         a, b = self.coefficients(F.linear(x, self.weight_ih, self.bias_ih))
         valid = _valid(prep)
@@ -421,7 +422,7 @@ class MinRNNStack(nn.Module):
         if hx is not None:
             shape = (self.num_layers, self.hidden_size)
             shape = shape if prep.unbatched else (self.num_layers, batch, self.hidden_size)
-            _check_state(_describe(self), hx, [shape], dtype)
+            _check_state(describe(self), hx, [shape], dtype)
             if prep.unbatched:
                 hx = hx.unsqueeze(1)
         u = self.input_proj(prep.x)

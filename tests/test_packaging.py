@@ -42,7 +42,10 @@ def test_wheel_installs_widgets_as_a_subpackage(tmp_path):
     subprocess.run(
         [python, "-m", "pip", "install", "-q", "--no-deps", str(wheel)], check=True, env=clean_env
     )
-    probe = "import rnnkit, rnnkit.widgets;print(rnnkit.__file__); print(rnnkit.widgets.__file__)"
+    probe = (
+        'import rnnkit, rnnkit.widgets; assert len(rnnkit.tasks.shakespeare("val")) == 55769; '
+        "print(rnnkit.__file__); print(rnnkit.widgets.__file__)"
+    )
     result = subprocess.run(
         [python, "-c", probe],
         cwd=tmp_path,

@@ -169,3 +169,33 @@ def test_windows():
 def test_bad_arguments(call, match):
     with pytest.raises((ValueError, TypeError), match=match):
         call()
+
+
+def test_shakespeare_splits_are_contiguous_and_disjoint():
+    text = tasks.shakespeare("all")
+    assert len(text) == 1_115_394 and len(set(text)) == 65
+    train, val, test = (tasks.shakespeare(s) for s in ("train", "val", "test"))
+    assert train + val + test == text
+    assert len(train) / len(text) == pytest.approx(0.9, abs=1e-6)
+    assert len(val) == pytest.approx(len(test), abs=1)
+    assert text.startswith(train) and text.endswith(test)
+
+
+def test_shakespeare_refuses_an_unknown_split():
+    with pytest.raises(ValueError, match="split must be one of"):
+        tasks.shakespeare("validation")
+
+
+def test_shakespeare_names_a_damaged_file(tmp_path, monkeypatch):
+    import gzip
+
+    from rnnkit.tasks import real
+
+    (tmp_path / "tinyshakespeare.txt.gz").write_bytes(gzip.compress(b"not the corpus"))
+    monkeypatch.setattr(real, "DATA", tmp_path)
+    real._shakespeare_text.cache_clear()
+    try:
+        with pytest.raises(ValueError, match="damaged"):
+            tasks.shakespeare()
+    finally:
+        real._shakespeare_text.cache_clear()

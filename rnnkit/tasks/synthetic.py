@@ -1,19 +1,15 @@
-"""Task data: seeded synthetic sequence problems and one small real series.
+"""Seeded synthetic sequence problems, and sliding windows over a series.
 
 Every generator takes a ``seed`` and draws from its own ``torch.Generator`` (the global RNG is
 untouched), so the same call gives the same tensors. Inputs are batch first ``(N, T, F)``
 float32; variable-length sets are right-padded with zeros and come with ``lengths``. Results are
 tuples ``(x, y)`` or ``(x, y, lengths)`` that :func:`rnnkit.fit` and ``Trainer.fit`` take as
-they are; ``x`` or ``y`` is a dict of tensors where a task has several parts. Nothing is
-downloaded: :func:`sunspots` reads a file that ships inside the ``statsmodels`` package.
+they are; ``x`` or ``y`` is a dict of tensors where a task has several parts.
 """
 
 from __future__ import annotations
 
-import csv
-import importlib.util
 import math
-from pathlib import Path
 
 import torch
 from torch import Tensor
@@ -290,29 +286,6 @@ def long_tail(
     prototypes = torch.randn(num_classes, seq_len, features, generator=gen)
     x = prototypes[y] + 0.8 * torch.randn(n, seq_len, features, generator=gen)
     return x, y
-
-
-def sunspots() -> tuple[Tensor, Tensor]:
-    """Yearly mean sunspot numbers 1700-2008 (309 values): a small real series.
-
-    Read from the CSV that ships inside the ``statsmodels`` package
-    (``statsmodels/datasets/sunspots``; source: NOAA National Geophysical Data Center; public
-    domain); statsmodels itself is not imported. Install it with ``pip install "rnnkit[data]"``.
-    Returns ``(years, values)``, float32; use :func:`windows` to make forecasting pairs.
-    """
-    spec = importlib.util.find_spec("statsmodels")
-    if spec is None or not spec.submodule_search_locations:
-        raise ImportError(
-            "rnnkit.tasks.sunspots reads the sunspot series bundled with statsmodels, which is "
-            'not installed; install it with pip install "rnnkit[data]" (or pip install statsmodels)'
-        )
-    path = Path(spec.submodule_search_locations[0]) / "datasets" / "sunspots" / "sunspots.csv"
-    if not path.is_file():
-        raise ImportError(f"this statsmodels has no bundled sunspots data ({path} is missing)")
-    with path.open(newline="") as file:
-        rows = [(float(year), float(value)) for year, value in list(csv.reader(file))[1:]]
-    data = torch.tensor(rows, dtype=torch.float32)
-    return data[:, 0], data[:, 1]
 
 
 def windows(series: Tensor, input_len: int, horizon: int = 1) -> tuple[Tensor, Tensor]:
