@@ -1,19 +1,28 @@
-"""Variable-length epoch: naive padding vs packing vs length bucketing on the lengths= fast path.
+"""Variable-length epoch: ``lengths=`` against a naive padded call on the same batches, and
+length bucketing against packing.
 
-One epoch of forward+backward of a one-layer LSTM over ``n`` sequences with lognormal lengths,
-four ways:
+One epoch of forward+backward over ``n`` sequences with lognormal lengths. The methods:
 
-* ``naive``: random batches padded to their longest member, ``torch.nn.LSTM`` without lengths
-  (the common mistake: padded steps run through the LSTM and into the final state);
-* ``packed``: the same random batches through ``pack_padded_sequence`` and ``torch.nn.LSTM``
-  (the reference for correctness);
-* ``random + lengths=``: the same random batches through ``rnnkit.LSTM(x, lengths=...)``;
-* ``bucketed``: ``rnnkit.BucketBatchSampler`` batches through ``rnnkit.LSTM(x, lengths=...)``.
+* ``naive``: each batch padded to its longest member, ``torch.nn`` without lengths (the common
+  mistake: padded steps run through the layer and into the final state). The floor of any exact
+  method on the same batches: one padded kernel call.
+* ``packed``: ``pack_padded_sequence`` through ``torch.nn`` (the reference for correctness).
+* ``lengths=``: ``rnnkit.LSTM/GRU/RNN(x, lengths=...)``, exact (zeros past each end, ``h_n`` at
+  each own end).
 
-For each: time per epoch (median of repeats), the useful-step fraction of its batching
-(``rnnkit.padding_stats``), and the largest difference from the packed run of any sequence's
-outputs (at its real steps) and final state ``h_n``. Target: bucketed >= 3x faster than packed
-with the same outputs (<= 1e-5).
+Rows, each a ratio measured in one run with both sides alternated (:func:`time_pair`):
+
+* ``lengths=`` vs ``naive`` on the SAME bucketed batches (``rnnkit.BucketBatchSampler``), for the
+  LSTM, the GRU (one and two layers) and the tanh RNN: what exactness costs over one padded
+  call. Target for the GRU and RNN: <= 1.2x. The LSTM has to return ``c_n`` at each own end,
+  which no padded call gives: it runs in segments cut at the distinct lengths (reported).
+* bucketed ``lengths=`` vs ``packed`` on random batches, LSTM: bucketing plus the fused path
+  against packing. Target: >= 3x faster, same outputs (<= 1e-5).
+* random batches with ``lengths=`` vs ``packed`` on the same random batches (information).
+
+Each row also gives the useful-step fraction of its batching (``rnnkit.padding_stats``) and the
+largest difference from the packed run of any sequence's outputs (at its real steps) and final
+state ``h_n``.
 
 ``python benchmarks/varlen.py [quick|cpu|gpu]`` (default: gpu with CUDA, else cpu).
 """
@@ -28,15 +37,18 @@ import torch
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 import rnnkit
-from benchmarks.common import markdown_table, row, time_ms, write_json
+from benchmarks.common import markdown_table, row, time_pair, write_json
 
 SIZES = {
     "gpu": {"n": 512, "median": 120, "max_len": 1000, "input": 128, "hidden": 256, "batch": 64},
     "cpu": {"n": 128, "median": 24, "max_len": 160, "input": 16, "hidden": 32, "batch": 16},
     "quick": {"n": 16, "median": 6, "max_len": 20, "input": 4, "hidden": 8, "batch": 4},
 }
-REPEATS = {"gpu": (5, 2), "cpu": (3, 1), "quick": (1, 1)}  # (repeat, warmup) epochs
+REPEATS = {"gpu": (9, 2), "cpu": (9, 1), "quick": (1, 0)}  # (repeat, warmup) epochs per side
 SIGMA = 0.8  # lognormal spread of the lengths
+# (kind, num_layers) compared with the naive padded call on the same bucketed batches
+SAME_BATCHES = [("LSTM", 1), ("GRU", 1), ("GRU", 2), ("RNN", 1)]
+TARGETS = {"LSTM": "report (c_n at own ends: segments)", "GRU": "<= 1.2x", "RNN": "<= 1.2x"}
 
 
 def make_lengths(n: int, median: int, max_len: int, seed: int = 0) -> np.ndarray:
@@ -80,6 +92,38 @@ def _max_diff(a, b):
     return max(float((x - y).abs().max()) if x.numel() else 0.0 for x, y in zip(a, b, strict=True))
 
 
+def _last_h(state):
+    return (state[0] if isinstance(state, tuple) else state)[-1]
+
+
+def _methods(kind: str, num_layers: int, cfg: dict, device) -> tuple[dict, list]:
+    """The three methods for one layer kind, sharing one set of weights."""
+    reference = getattr(torch.nn, kind)(
+        cfg["input"], cfg["hidden"], num_layers, batch_first=True
+    ).to(device)
+    layer = getattr(rnnkit, kind)(cfg["input"], cfg["hidden"], num_layers, batch_first=True)
+    layer = layer.to(device)
+    layer.load_state_dict(reference.state_dict())
+
+    def naive(x, lengths):
+        out, state = reference(x)
+        return out, _last_h(state)
+
+    def packed(x, lengths):
+        seqs = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
+        out, state = reference(seqs)
+        return pad_packed_sequence(out, batch_first=True, total_length=x.shape[1])[0], _last_h(
+            state
+        )
+
+    def with_lengths(x, lengths):
+        out, state = layer(x, lengths=lengths)
+        return out, _last_h(state)
+
+    methods = {"naive": naive, "packed": packed, "lengths=": with_lengths}
+    return methods, [list(reference.parameters()), list(layer.parameters())]
+
+
 def run(quick: bool = False, size: str | None = None) -> list[dict]:
     size = size or ("quick" if quick else "gpu" if torch.cuda.is_available() else "cpu")
     cfg = SIZES[size]
@@ -88,103 +132,85 @@ def run(quick: bool = False, size: str | None = None) -> list[dict]:
     torch.manual_seed(0)
     lengths = make_lengths(cfg["n"], cfg["median"], cfg["max_len"])
     sequences = [torch.randn(int(n), cfg["input"]) for n in lengths]
-
-    reference = torch.nn.LSTM(cfg["input"], cfg["hidden"], batch_first=True).to(device)
-    layer = rnnkit.LSTM(cfg["input"], cfg["hidden"], batch_first=True).to(device)
-    layer.load_state_dict(reference.state_dict())
-
-    def naive(x, lengths):
-        out, (h_n, _) = reference(x)
-        return out, h_n[-1]
-
-    def packed(x, lengths):
-        seqs = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
-        out, (h_n, _) = reference(seqs)
-        return pad_packed_sequence(out, batch_first=True, total_length=x.shape[1])[0], h_n[-1]
-
-    def with_lengths(x, lengths):
-        out, (h_n, _) = layer(x, lengths=lengths)
-        return out, h_n[-1]
-
     random_index = torch.randperm(cfg["n"], generator=torch.Generator().manual_seed(0))
-    random_batches = [b.tolist() for b in random_index.split(cfg["batch"])]
-    bucketed_batches = list(rnnkit.BucketBatchSampler(lengths, cfg["batch"], seed=0))
-    methods = {
-        "naive": (naive, random_batches, reference),
-        "packed": (packed, random_batches, reference),
-        "random + lengths=": (with_lengths, random_batches, layer),
-        "bucketed": (with_lengths, bucketed_batches, layer),
+    index_batches = {
+        "random": [b.tolist() for b in random_index.split(cfg["batch"])],
+        "bucketed": list(rnnkit.BucketBatchSampler(lengths, cfg["batch"], seed=0)),
     }
-    results = {}
-    for name, (step, index_batches, module) in methods.items():
-        batches = _batches_of(sequences, index_batches, device)
-        params = list(module.parameters())
-        ms = time_ms(_epoch(step, batches, params), repeat=repeat, warmup=warmup)
-        results[name] = {
-            "ms": ms,
-            "useful_fraction": rnnkit.padding_stats(lengths, index_batches).useful_fraction,
-            "per_sequence": _per_sequence(step, batches, cfg["n"]),
-        }
-    ref_out, ref_state = results["packed"]["per_sequence"]
-    for result in results.values():
-        outs, states = result.pop("per_sequence")
-        result["max_output_diff"] = _max_diff(outs, ref_out)
-        result["max_state_diff"] = _max_diff(states, ref_state)
+    batches = {name: _batches_of(sequences, ib, device) for name, ib in index_batches.items()}
+    useful = {
+        name: rnnkit.padding_stats(lengths, ib).useful_fraction
+        for name, ib in index_batches.items()
+    }
 
-    def compare(case, mine, baseline, target):
-        m, b = results[mine], results[baseline]
+    def compare(case, kind, num_layers, mine, baseline, target):
+        """``mine`` and ``baseline`` are (method, batching); a row with their ratio."""
+        methods, params = _methods(kind, num_layers, cfg, device)
+        params = params[0] + params[1]
+        steps = {key: methods[key[0]] for key in (mine, baseline)}
+        ms_mine, ms_base = time_pair(
+            _epoch(steps[mine], batches[mine[1]], params),
+            _epoch(steps[baseline], batches[baseline[1]], params),
+            repeat=repeat,
+            warmup=warmup,
+        )
+        ref_out, ref_state = _per_sequence(methods["packed"], batches["random"], cfg["n"])
+        diffs = {}
+        for key in (mine, baseline):
+            outs, states = _per_sequence(steps[key], batches[key[1]], cfg["n"])
+            diffs[key] = (_max_diff(outs, ref_out), _max_diff(states, ref_state))
+        layers = f"{num_layers} layers" if num_layers > 1 else "1 layer"
         return row(
             "varlen",
-            f"{case} [{size}]",
-            m["ms"],
-            f"{baseline} (torch.nn.LSTM, random batches)",
-            b["ms"],
+            f"{case}, {kind} {layers} [{size}]",
+            ms_mine,
+            f"{baseline[0]} (torch.nn.{kind}, {baseline[1]} batches)",
+            ms_base,
             target,
-            useful_fraction=round(m["useful_fraction"], 4),
-            baseline_useful_fraction=round(b["useful_fraction"], 4),
-            max_output_diff=m["max_output_diff"],
-            max_state_diff=m["max_state_diff"],
-            baseline_max_output_diff=b["max_output_diff"],
-            baseline_max_state_diff=b["max_state_diff"],
+            useful_fraction=round(useful[mine[1]], 4),
+            baseline_useful_fraction=round(useful[baseline[1]], 4),
+            max_output_diff=diffs[mine][0],
+            max_state_diff=diffs[mine][1],
+            baseline_max_output_diff=diffs[baseline][0],
+            baseline_max_state_diff=diffs[baseline][1],
             **cfg,
         )
 
-    return [
-        compare("bucketed, rnnkit.LSTM lengths=", "bucketed", "packed", ">= 3x faster, <= 1e-5"),
-        compare("bucketed, rnnkit.LSTM lengths=", "bucketed", "naive", "faster, and h_n right"),
-        compare("random batches, rnnkit.LSTM lengths=", "random + lengths=", "packed", "info"),
-    ]
-
-
-def methods_table(rows: list[dict]) -> str:
-    """Per-method view of the rows: time per epoch, useful fraction, differences from packed."""
-    seen = {}
-    for r in rows:
-        seen.setdefault(
-            r["case"],
-            (r["rnnkit_ms"], r["useful_fraction"], r["max_output_diff"], r["max_state_diff"]),
+    rows = [
+        compare(
+            "bucketed lengths= vs naive padded, same batches",
+            kind,
+            num_layers,
+            ("lengths=", "bucketed"),
+            ("naive", "bucketed"),
+            TARGETS[kind],
         )
-        seen.setdefault(
-            r["baseline"],
-            (
-                r["baseline_ms"],
-                r["baseline_useful_fraction"],
-                r["baseline_max_output_diff"],
-                r["baseline_max_state_diff"],
-            ),
-        )
-    lines = [
-        "| method | ms / epoch | useful fraction | max output diff | max h_n diff |",
-        "| --- | ---: | ---: | ---: | ---: |",
+        for kind, num_layers in SAME_BATCHES
     ]
-    for name, (ms, useful, out_diff, state_diff) in seen.items():
-        lines.append(f"| {name} | {ms:.1f} | {useful:.3f} | {out_diff:.2e} | {state_diff:.2e} |")
-    return "\n".join(lines)
+    rows.append(
+        compare(
+            "bucketed lengths= vs packed random batches",
+            "LSTM",
+            1,
+            ("lengths=", "bucketed"),
+            ("packed", "random"),
+            ">= 3x faster, <= 1e-5",
+        )
+    )
+    rows.append(
+        compare(
+            "random batches lengths= vs packed",
+            "LSTM",
+            1,
+            ("lengths=", "random"),
+            ("packed", "random"),
+            "info",
+        )
+    )
+    return rows
 
 
 if __name__ == "__main__":
     rows = run(size=sys.argv[1] if len(sys.argv) > 1 else None)
     print(markdown_table(rows))
-    print()
-    print(methods_table(rows))
     write_json(rows, "benchmarks/results/varlen.json")

@@ -24,7 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-State = Tensor | tuple[Tensor, ...]
+from rnnkit.checks import State, check_features, check_state
+from rnnkit.errors import InputError
 
 
 def rnn_step(
@@ -83,28 +84,42 @@ class RecurrentCell(nn.Module):
     def step(self, x_proj: Tensor, state: State) -> State:
         raise NotImplementedError
 
-    def initial_state(self, batch_size: int, *, dtype: torch.dtype, device: torch.device) -> State:
-        """The zero state for ``batch_size`` sequences (``batch_size=0`` means unbatched)."""
-        shape = (batch_size,) if batch_size else ()
+    def initial_state(
+        self, batch_size: int | None, *, dtype: torch.dtype, device: torch.device
+    ) -> State:
+        """The zero state for ``batch_size`` sequences (``None``: one unbatched sequence)."""
+        shape = () if batch_size is None else (batch_size,)
         h = torch.zeros(*shape, self.output_size, dtype=dtype, device=device)
         if self.state_arity == 1:
             return h
         return h, torch.zeros(*shape, self.hidden_size, dtype=dtype, device=device)
 
+    def state_shapes(self, batch_size: int | None) -> list[tuple[int, ...]]:
+        """The shape of each state tensor for ``batch_size`` sequences (``None``: unbatched)."""
+        lead = () if batch_size is None else (batch_size,)
+        sizes = (self.output_size, self.hidden_size)[: self.state_arity]
+        return [(*lead, size) for size in sizes]
+
     def forward(self, input: Tensor, hx: State | None = None) -> State:
+        """One step, ``torch.nn``'s cell conventions; a state that does not fit the input (its
+        batch, size, arity or dtype) raises an :class:`rnnkit.InputError`, never broadcasts."""
+        name = type(self).__name__
+        if not isinstance(input, Tensor):
+            raise InputError(f"{name}: expected a Tensor input, got {type(input).__name__}")
         if input.dim() not in (1, 2):
-            raise ValueError(
-                f"{type(self).__name__}: expected input of shape (batch, {self.input_size}) or "
+            raise InputError(
+                f"{name}: expected input of shape (batch, {self.input_size}) or "
                 f"({self.input_size},), got shape {tuple(input.shape)}"
             )
-        if input.shape[-1] != self.input_size:
-            raise ValueError(
-                f"{type(self).__name__}: expected {self.input_size} input features, "
-                f"got {input.shape[-1]}"
-            )
-        batch = input.shape[0] if input.dim() == 2 else 0
+        weight = next(self.parameters(), None)
+        dtype = input.dtype if weight is None else weight.dtype
+        check_features(name, input, self.input_size, dtype)
+        batch = input.shape[0] if input.dim() == 2 else None
         if hx is None:
             hx = self.initial_state(batch, dtype=input.dtype, device=input.device)
+        else:
+            layout = "(size,) for an unbatched input" if batch is None else "(batch, size)"
+            check_state(name, hx, self.state_shapes(batch), dtype, labels=("h", "c"), layout=layout)
         return self.step(self.project_input(input), hx)
 
     def reset_parameters(self) -> None:

@@ -30,7 +30,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
-from rnnkit.cells import State, gru_step, lstm_step, rnn_step
+from rnnkit.cells import gru_step, lstm_step, rnn_step
+from rnnkit.checks import State, check_features, check_state
 from rnnkit.engines import fused, loop
 from rnnkit.engines.loop import StepObserver
 from rnnkit.engines.selection import (
@@ -41,6 +42,7 @@ from rnnkit.engines.selection import (
     select,
 )
 from rnnkit.engines.states import split_state, stack_states
+from rnnkit.errors import InputError
 from rnnkit.padding import check_lengths, mask_to_lengths
 
 __all__ = ["GRU", "LSTM", "RNN", "Recurrent", "explain_fast_path"]
@@ -63,6 +65,12 @@ class _Prepared:
     lengths: Tensor | None
     unbatched: bool = False
     packed: PackedSequence | None = None
+    valid: Tensor | None = None  # (T, B): True at the real steps, with lengths
+
+    def __post_init__(self) -> None:
+        if self.lengths is not None:
+            steps = torch.arange(self.x.shape[0], device=self.x.device)[:, None]
+            self.valid = steps < self.lengths.to(self.x.device)[None, :]
 
 
 def _prepare(
@@ -77,80 +85,71 @@ def _prepare(
     name = describe(layer)
     if isinstance(input, PackedSequence):
         if lengths is not None or mask is not None:
-            raise ValueError(f"{name}: a PackedSequence carries its lengths; pass no lengths/mask")
-        padded, packed_lengths = pad_packed_sequence(input)
-        _check_features(name, padded, input_size, dtype)
+            raise InputError(f"{name}: a PackedSequence carries its lengths; pass no lengths/mask")
+        padded, packed_lengths = pad_packed_sequence(input)  # zeros at the padded steps
+        check_features(name, padded, input_size, dtype)
         return _Prepared(padded, packed_lengths, packed=input)
     if not isinstance(input, Tensor):
-        raise ValueError(f"{name}: expected a Tensor or PackedSequence, got {type(input).__name__}")
+        raise InputError(f"{name}: expected a Tensor or PackedSequence, got {type(input).__name__}")
     if input.dim() not in (2, 3):
         layout = "(batch, time, features)" if batch_first else "(time, batch, features)"
-        raise ValueError(
+        raise InputError(
             f"{name}: expected a 3-D input {layout} or a 2-D unbatched input (time, features), "
             f"got shape {tuple(input.shape)}"
         )
-    _check_features(name, input, input_size, dtype)
+    check_features(name, input, input_size, dtype)
     if input.dim() == 2:
         if lengths is not None or mask is not None:
-            raise ValueError(f"{name}: lengths/mask need a batched 3-D input")
+            raise InputError(f"{name}: lengths/mask need a batched 3-D input")
+        _require_steps(name, input.shape[0])
         return _Prepared(input.unsqueeze(1), None, unbatched=True)
     x = input.transpose(0, 1) if batch_first else input
     if lengths is not None and mask is not None:
-        raise ValueError(f"{name}: pass lengths or mask, not both")
+        raise InputError(f"{name}: pass lengths or mask, not both")
     if mask is not None:
         expected = (x.shape[1], x.shape[0]) if batch_first else (x.shape[0], x.shape[1])
         if not isinstance(mask, Tensor) or mask.dtype != torch.bool:
             got = mask.dtype if isinstance(mask, Tensor) else type(mask).__name__
-            raise ValueError(f"{name}: mask must be a boolean tensor, got {got}")
+            raise InputError(f"{name}: mask must be a boolean tensor, got {got}")
         if tuple(mask.shape) != expected:
             layout = "(batch, time)" if batch_first else "(time, batch)"
-            raise ValueError(
+            raise InputError(
                 f"{name}: expected a mask of shape {layout} = {expected}, got {tuple(mask.shape)}"
             )
         try:
             lengths = mask_to_lengths(mask if batch_first else mask.t())
         except ValueError as err:
-            raise ValueError(f"{name}: {err} (layers take right-padded batches)") from None
-    if lengths is not None:
-        try:
-            lengths = check_lengths(lengths, x.shape[1], x.shape[0])
-        except ValueError as err:
-            raise ValueError(f"{name}: {err}") from None
-    return _Prepared(x, lengths)
+            raise InputError(f"{name}: {err} (layers take right-padded batches)") from None
+    if lengths is None:
+        _require_steps(name, x.shape[0])
+        return _Prepared(x, None)
+    try:
+        lengths = check_lengths(lengths, x.shape[1], x.shape[0])
+    except ValueError as err:
+        raise InputError(f"{name}: {err}") from None
+    prep = _Prepared(x, lengths)
+    if x.shape[1] and int(lengths.min()) < x.shape[0]:
+        # Padded steps must not reach the gradients either: a NaN or inf there would, through
+        # a padded step's computation (0 * NaN = NaN), even though its result is discarded.
+        prep.x = x.masked_fill(~prep.valid.unsqueeze(-1), 0.0)
+    return prep
 
 
-def _dtype_mismatch(x: Tensor, dtype: torch.dtype) -> bool:
-    # Under autocast, mixed floating dtypes are expected (a Linear before the layer emits bf16).
-    if x.dtype == dtype:
-        return False
-    return not (x.is_floating_point() and torch.is_autocast_enabled(x.device.type))
-
-
-def _check_features(name: str, x: Tensor, input_size: int, dtype: torch.dtype) -> None:
-    if x.shape[-1] != input_size:
-        raise ValueError(f"{name}: expected {input_size} input features, got {x.shape[-1]}")
-    if _dtype_mismatch(x, dtype):
-        raise ValueError(
-            f"{name}: input dtype {x.dtype} does not match the weights' dtype {dtype}; "
-            f"convert one of them (e.g. input.to({dtype}))"
+def _require_steps(name: str, steps: int) -> None:
+    if steps == 0:
+        raise InputError(
+            f"{name}: expected a sequence of at least one step, got an empty time axis "
+            "(as torch.nn's layers do); with lengths= (all zero) a layer returns zero outputs "
+            "and the initial state"
         )
 
 
 def _check_state(name: str, hx: State, expected: list[tuple[int, ...]], dtype: torch.dtype):
-    parts = hx if isinstance(hx, tuple) else (hx,)
-    if len(parts) != len(expected):
-        what = "a tuple (h_0, c_0)" if len(expected) == 2 else "one tensor h_0"
-        raise ValueError(f"{name}: expected the initial state as {what}, got {len(parts)} tensors")
-    for label, part, shape in zip(("h_0", "c_0"), parts, expected, strict=False):
-        if not isinstance(part, Tensor):
-            raise ValueError(f"{name}: {label} must be a Tensor, got {type(part).__name__}")
-        if tuple(part.shape) != shape:
-            raise ValueError(
-                f"{name}: expected {label} of shape {shape} (layers*directions, batch, size), "
-                f"got {tuple(part.shape)}"
-            )
-        if _dtype_mismatch(part, dtype):
-            raise ValueError(f"{name}: {label} dtype {part.dtype} does not match {dtype}")
+    unbatched = len(expected[0]) == 2
+    layout = "(layers*directions, size) for an unbatched input"
+    if not unbatched:
+        layout = "(layers*directions, batch, size)"
+    check_state(name, hx, expected, dtype, layout=layout)
 
 
 def _finish(
@@ -267,10 +266,8 @@ class _TorchCompatible:
 
 
 def _valid(prep: _Prepared) -> Tensor | None:
-    if prep.lengths is None:
-        return None
-    steps = torch.arange(prep.x.shape[0], device=prep.x.device)[:, None]
-    return steps < prep.lengths.to(prep.x.device)[None, :]
+    """``(T, B)``: True at each sequence's real steps; None without lengths."""
+    return prep.valid
 
 
 _ENGINE_DOC = """
@@ -447,14 +444,12 @@ class Recurrent(nn.Module):
         if hx is None:
             states = zero_states
         else:
-            if prep.unbatched:
-                hx = (
-                    tuple(h.unsqueeze(1) for h in hx)
-                    if isinstance(hx, tuple)
-                    else (hx.unsqueeze(1))
-                )
             parts = zero_states[0] if isinstance(zero_states[0], tuple) else (zero_states[0],)
-            _check_state(name, hx, [(len(self.cells), *p.shape) for p in parts], dtype)
+            keep = slice(1, None) if prep.unbatched else slice(None)
+            shapes = [(len(self.cells), *p.shape[keep]) for p in parts]
+            _check_state(name, hx, shapes, dtype)
+            if prep.unbatched:
+                hx = tuple(h.unsqueeze(1) for h in hx) if isinstance(hx, tuple) else hx.unsqueeze(1)
             states = split_state(hx, len(self.cells))
         if engine == "fused":
             has_biases = self.cells[0].bias_ih is not None

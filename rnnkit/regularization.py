@@ -249,7 +249,9 @@ class Zoneout(RecurrentCell):
                 mixed.append(torch.lerp(fresh, old, p))
         return tuple(mixed) if isinstance(new, tuple) else mixed[0]
 
-    def initial_state(self, batch_size: int, *, dtype: torch.dtype, device: torch.device) -> State:
+    def initial_state(
+        self, batch_size: int | None, *, dtype: torch.dtype, device: torch.device
+    ) -> State:
         if hasattr(self.cell, "initial_state"):
             return self.cell.initial_state(batch_size, dtype=dtype, device=device)
         return super().initial_state(batch_size, dtype=dtype, device=device)

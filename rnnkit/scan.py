@@ -47,6 +47,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rnnkit.engines.selection import describe
+from rnnkit.errors import InputError
 from rnnkit.recurrent import _check_state, _finish, _prepare, _valid
 
 ENGINES = ("scan", "loop")
@@ -131,17 +132,17 @@ def linear_scan(a: Tensor, b: Tensor, h0: Tensor, *, reverse: bool = False) -> T
         if not isinstance(value, Tensor):
             raise TypeError(f"linear_scan: {name} must be a Tensor, got {type(value).__name__}")
     if a.shape != b.shape or a.dim() < 1:
-        raise ValueError(
+        raise InputError(
             f"linear_scan: expected a and b of one shape (T, ...), got {tuple(a.shape)} and "
             f"{tuple(b.shape)}"
         )
     if h0.shape != a.shape[1:]:
-        raise ValueError(
+        raise InputError(
             f"linear_scan: expected h0 of shape {tuple(a.shape[1:])} (a's shape without time), "
             f"got {tuple(h0.shape)}"
         )
     if not a.dtype == b.dtype == h0.dtype:
-        raise ValueError(
+        raise InputError(
             f"linear_scan: a, b and h0 must share one dtype, got {a.dtype}, {b.dtype}, {h0.dtype}"
         )
     if a.shape[0] == 0:

@@ -241,6 +241,7 @@ def torch_twin(layer):
             bidirectional=layer.bidirectional,
             batch_first=layer.batch_first,
             **({"proj_size": layer.proj_size} if layer.proj_size else {}),
+            **({"nonlinearity": layer.nonlinearity} if isinstance(layer, nn.RNN) else {}),
         )
         twin.load_state_dict(layer.state_dict())
         return twin.double()
@@ -352,3 +353,100 @@ def test_time_major_mask_must_be_time_by_batch():
     x = torch.randn(5, 3, INPUT, dtype=torch.float64)
     with pytest.raises(ValueError, match=r"mask of shape \(time, batch\) = \(5, 3\)"):
         layer(x, mask=torch.ones(3, 5, dtype=torch.bool))
+
+
+# --------------------------------------------------------------------------------------------
+# The fused engine's padded path (GRU and RNN: one padded call per layer and direction)
+
+PADDED_KINDS = {
+    "GRU": lambda **kw: rnnkit.GRU(INPUT, HIDDEN, **kw),
+    "RNN-tanh": lambda **kw: rnnkit.RNN(INPUT, HIDDEN, **kw),
+    "RNN-relu": lambda **kw: rnnkit.RNN(INPUT, HIDDEN, nonlinearity="relu", **kw),
+    "Recurrent(GRUCell)": lambda **kw: rnnkit.Recurrent(rnnkit.GRUCell(INPUT, HIDDEN), **kw),
+}
+UNSORTED = [3, 7, 0, 5, 7, 1]  # unsorted, a zero length, the full time axis twice
+
+
+def _padded_layer(kind, num_layers, bidirectional, engine):
+    layer = PADDED_KINDS[kind](num_layers=num_layers, bidirectional=bidirectional, engine=engine)
+    return layer.double()
+
+
+@pytest.mark.parametrize("bidirectional", [False, True])
+@pytest.mark.parametrize("num_layers", [1, 2, 3])
+@pytest.mark.parametrize("kind", PADDED_KINDS)
+def test_padded_path_equals_the_loop_and_running_each_sequence_alone(
+    kind, num_layers, bidirectional
+):
+    fused_layer = _padded_layer(kind, num_layers, bidirectional, "fused")
+    loop_layer = _padded_layer(kind, num_layers, bidirectional, "loop")
+    loop_layer.load_state_dict(fused_layer.state_dict())
+    x = torch.randn(STEPS, len(UNSORTED), INPUT, dtype=torch.float64, requires_grad=True)
+    hx = torch.randn(num_layers * (1 + bidirectional), len(UNSORTED), HIDDEN, dtype=torch.float64)
+    hx.requires_grad_(True)
+    check_against_alone(fused_layer, x.detach(), UNSORTED, hx.detach(), False, atol=1e-10)
+    results = []
+    for layer in (fused_layer, loop_layer):
+        out, h_n = layer(x, hx, lengths=UNSORTED)
+        torch.manual_seed(3)
+        w_out, w_h = torch.randn_like(out), torch.randn_like(h_n)
+        grads = torch.autograd.grad(
+            (out * w_out).sum() + (h_n * w_h).sum(), [x, hx, *layer.parameters()]
+        )
+        results.append((out, h_n, grads))
+    (out, h_n, grads), (ref_out, ref_h, ref_grads) = results
+    torch.testing.assert_close(out, ref_out, rtol=0, atol=1e-10)
+    torch.testing.assert_close(h_n, ref_h, rtol=0, atol=1e-10)
+    for got, want in zip(grads, ref_grads, strict=True):
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("bidirectional", [False, True])
+@pytest.mark.parametrize("kind", ["GRU", "RNN-tanh", "RNN-relu"])
+def test_padded_path_matches_torch_nn_on_packed_sequences(kind, bidirectional):
+    layer = _padded_layer(kind, 2, bidirectional, "fused")
+    reference = torch_twin(layer)
+    lengths = [4, 6, 1, 4]
+    x = torch.randn(6, 4, INPUT, dtype=torch.float64)
+    hx = torch.randn(2 * (1 + bidirectional), 4, HIDDEN, dtype=torch.float64)
+    out, h_n = layer(x, hx, lengths=lengths)
+    packed = pack_padded_sequence(x, torch.tensor(lengths), enforce_sorted=False)
+    ref_out, ref_h = reference(packed, hx)
+    ref_out = nn.utils.rnn.pad_packed_sequence(ref_out, total_length=6)[0]
+    torch.testing.assert_close(out, ref_out, rtol=0, atol=1e-10)
+    torch.testing.assert_close(h_n, ref_h, rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("bidirectional", [False, True])
+@pytest.mark.parametrize("kind", ["GRU", "RNN-relu"])
+def test_padded_path_gradcheck(kind, bidirectional):
+    layer = _padded_layer(kind, 2, bidirectional, "fused")
+    lengths = [3, 0, 2]
+    x = torch.randn(3, 3, INPUT, dtype=torch.float64, requires_grad=True)
+    hx = torch.randn(2 * (1 + bidirectional), 3, HIDDEN, dtype=torch.float64, requires_grad=True)
+
+    def run(x, hx, *params):
+        out, h_n = torch.func.functional_call(
+            layer,
+            dict(zip(dict(layer.named_parameters()), params, strict=True)),
+            (x, hx),
+            {"lengths": lengths},
+        )
+        return out, h_n
+
+    assert torch.autograd.gradcheck(run, (x, hx, *layer.parameters()))
+
+
+@pytest.mark.parametrize(
+    "kind, expected",
+    [
+        ("GRU", "one padded call per layer and direction"),
+        ("RNN", "one padded call per layer and direction"),
+        ("Recurrent(GRUCell)", "one padded call per layer and direction"),
+        ("LSTM", "segments cut at the distinct lengths"),
+        ("Recurrent(LSTMCell)", "segments cut at the distinct lengths"),
+    ],
+)
+def test_explain_fast_path_names_the_lengths_strategy_that_runs(kind, expected):
+    report = rnnkit.explain_fast_path(make_layer(kind))[0]
+    assert report.engine == "fused" and expected in report.kernel

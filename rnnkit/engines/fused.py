@@ -3,15 +3,23 @@
 ``torch.lstm``, ``torch.gru``, ``torch.rnn_tanh`` and ``torch.rnn_relu`` run a whole stacked,
 optionally bidirectional layer in one call. They know nothing of lengths, so with ``lengths=``
 this engine keeps the layers' semantics (zeros past each end, the state at each sequence's own
-end, the backward direction reversed within each length) as follows:
+end, the backward direction reversed within each length) in one of two ways. Both rely on the
+layers' input preparation, which zeroes the padded steps of the input, so that a NaN or inf
+there cannot reach the gradients through a padded step's computation.
 
-* the batch is sorted by decreasing length (a no-op for bucketed batches, which come sorted);
-* the time axis is cut at each distinct length and the kernel runs segment after segment on the
-  leading rows still active, carrying the state; a row that ends at a cut keeps its state there;
-* a bidirectional layer runs layer by layer, its backward direction over each sequence reversed
-  within its own length (:func:`reverse_within_lengths`).
-
-A length-bucketed batch has few distinct lengths, hence few segments.
+* GRU and RNN: one padded call per layer and direction. In a right-padded batch a real step
+  depends only on earlier real steps, so the kernel's outputs at the real steps are exact
+  whatever it computes past each end; the state at each sequence's own end is the output at its
+  last real step, gathered (the initial state for a zero length); the outputs past each end are
+  then set to zero. A layer's next layer reads its (finite) outputs past the ends only at
+  padded steps again. The backward direction runs the same way over each sequence reversed
+  within its own length (:func:`reverse_within_lengths`), which is again right-padded.
+* LSTM: its ``c_n`` at each own end is returned by no padded call, so the batch is sorted by
+  decreasing length (a no-op for bucketed batches, which come sorted), the time axis is cut at
+  each distinct length and the kernel runs segment after segment on the leading rows still
+  active, carrying the state; a row that ends at a cut keeps its state there. A bidirectional
+  LSTM runs layer by layer, its backward direction reversed within each length. A
+  length-bucketed batch has few distinct lengths, hence few segments.
 """
 
 from __future__ import annotations
@@ -70,6 +78,13 @@ def kernel_name(module: nn.Module) -> str:
     return "aten CPU kernel"
 
 
+def lengths_strategy(mode: str | None) -> str:
+    """How this engine runs a layer of kernel ``mode`` with ``lengths=`` (module doc)."""
+    if mode == "LSTM":
+        return "with lengths: segments cut at the distinct lengths (c_n at each own end)"
+    return "with lengths: one padded call per layer and direction, h_n gathered at each own end"
+
+
 def reverse_within_lengths(x: Tensor, lengths: Tensor) -> Tensor:
     """Reverse each sequence of a time-major right-padded batch within its own length.
 
@@ -125,6 +140,12 @@ def _segments(
                 torch.cat([n, s[:, active:]], dim=1) for n, s in zip(new, state, strict=True)
             )
         state, start = new, end
+    if not outputs and x.shape[0]:
+        # Every length is zero (or the batch is empty): the kernel over no rows keeps the
+        # outputs in the autograd graph, as for any other batch.
+        none = tuple(s[:, :0] for s in state)
+        out, _ = _run_kernel(kernel, x[:, :0], none, weights, **kw)
+        return F.pad(out, (0, 0, 0, batch)), state
     if start < x.shape[0] or not outputs:  # steps past the longest sequence: outputs are zero
         width = state_output(state).shape[-1]
         outputs.append(x.new_zeros(x.shape[0] - start, batch, width))
@@ -153,6 +174,18 @@ def run(
         flat = [w for ws in unit_weights for w in ws]
         kw.update(num_layers=num_layers, bidirectional=bidirectional)
         output, final = _run_kernel(kernel, x, state, flat, **kw)
+        return output, unpack(final)
+    if mode != "LSTM":
+        output, final = _padded_layers(
+            kernel,
+            x,
+            state,
+            unit_weights,
+            lengths,
+            num_layers=num_layers,
+            bidirectional=bidirectional,
+            **kw,
+        )
         return output, unpack(final)
     order = torch.argsort(lengths, descending=True, stable=True)
     is_sorted = bool((order == torch.arange(len(order))).all())
@@ -208,6 +241,47 @@ def _run_sorted(
         if dropout and training and layer < num_layers - 1:
             layer_input = F.dropout(layer_input, dropout, training=True)
     return layer_input, tuple(torch.cat(parts) for parts in zip(*finals, strict=True))
+
+
+def _padded_layers(
+    kernel: Callable,
+    x: Tensor,
+    state: tuple[Tensor, ...],
+    unit_weights: list[list[Tensor]],
+    lengths: Tensor,
+    *,
+    num_layers: int,
+    bidirectional: bool,
+    **kw,
+) -> tuple[Tensor, tuple[Tensor, ...]]:
+    """A GRU or RNN over a right-padded batch: one padded call per layer and direction, each
+    unit's final state gathered at each sequence's own end (module doc)."""
+    (h0,) = state
+    steps, batch = x.shape[:2]
+    if steps == 0:  # every length is zero
+        return x.new_zeros(0, batch, h0.shape[-1] * (1 + bidirectional)), state
+    lengths = lengths.to(x.device)
+    valid = (torch.arange(steps, device=x.device)[:, None] < lengths)[..., None]
+    last = (lengths - 1).clamp_min(0).view(1, batch, 1).expand(1, batch, h0.shape[-1])
+    ended = (lengths > 0)[:, None]
+    dropout, training = kw.pop("dropout"), kw["training"]
+    directions = 2 if bidirectional else 1
+    finals, layer_input = [], x
+    for layer in range(num_layers):
+        outputs = []
+        for direction in range(directions):
+            unit = layer * directions + direction
+            inp = reverse_within_lengths(layer_input, lengths) if direction else layer_input
+            one = (h0[unit : unit + 1],)
+            out, _ = _run_kernel(
+                kernel, inp, one, unit_weights[unit], num_layers=1, dropout=0.0, **kw
+            )
+            finals.append(torch.where(ended, out.gather(0, last)[0], h0[unit]))
+            outputs.append(reverse_within_lengths(out, lengths) if direction else out)
+        layer_input = torch.cat(outputs, dim=-1) if bidirectional else outputs[0]
+        if dropout and training and layer < num_layers - 1:
+            layer_input = F.dropout(layer_input, dropout, training=True)
+    return layer_input.masked_fill(~valid, 0.0), (torch.stack(finals),)
 
 
 def cpu_lstm_lacks_autocast_dtype(mode: str | None, input: Tensor | PackedSequence) -> bool:

@@ -83,7 +83,8 @@ def describe(layer: nn.Module) -> str:
 
 def _kernel(engine: str, layer: nn.Module) -> str:
     if engine == "fused":
-        return fused.kernel_name(layer) + "; with lengths: segments cut at distinct lengths"
+        mode = layer._fused_mode() if hasattr(layer, "_fused_mode") else layer.mode
+        return f"{fused.kernel_name(layer)}; {fused.lengths_strategy(mode)}"
     return _KERNELS[engine]
 
 
