@@ -10,7 +10,8 @@ splits its step in two so that a layer can hoist the input projection out of the
 ``cell(x, state)`` does both for one step, with the ``torch.nn`` cell conventions: batched
 ``(B, input_size)`` or unbatched ``(input_size,)`` input, ``state=None`` meaning zeros, and the
 parameters ``weight_ih``, ``weight_hh``, ``bias_ih``, ``bias_hh`` shaped as in ``torch.nn`` so that
-state dicts move both ways.
+state dicts move both ways. A state that does not fit the input (its batch, size, rank, arity or
+dtype) raises :class:`rnnkit.InputError` as ``torch.nn``'s cells raise, never broadcasts.
 
 The step functions (:func:`rnn_step`, :func:`lstm_step`, :func:`gru_step`) are plain functions of
 tensors, shared by the cells and by the own-loop engine of the layers.

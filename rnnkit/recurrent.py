@@ -12,11 +12,18 @@ sequence alone gives. How:
 
 * own loop (:mod:`rnnkit.engines.loop`): a masked update ``state_t = where(t < length,
   step(x_t, state_{t-1}), state_{t-1})`` in both directions, so padded steps never touch a state;
-* fused kernel (:mod:`rnnkit.engines.fused`): the padded batch is cut in time at its distinct
-  lengths and the kernel runs segment after segment, carrying the state; the backward direction
-  runs the same way over each sequence reversed within its length. A length-bucketed batch has
-  few distinct lengths, so few segments: this is the fast exact path (``pack_padded_sequence`` is
-  accepted too, for compatibility, but is not needed).
+* fused kernel (:mod:`rnnkit.engines.fused`): a GRU or RNN runs one padded call per layer and
+  direction and gathers each sequence's state at its own end; an LSTM, whose ``c_n`` no padded
+  call returns, is cut in time at its distinct lengths and the kernel runs segment after
+  segment, carrying the state. The backward direction runs over each sequence reversed within
+  its length. With length-bucketed batches this is the fast exact path (``pack_padded_sequence``
+  is accepted too, for compatibility, but is not needed).
+
+Padded steps reach neither the outputs nor the gradients: the input's padded steps are zeroed
+before any engine runs, so a NaN or inf there cannot leak through a discarded computation.
+Bad input (a state that does not fit, a wrong feature count or dtype, an empty time axis
+without ``lengths=``) raises :class:`rnnkit.InputError`, both a ``ValueError`` and the
+``RuntimeError`` that ``torch.nn`` raises for the same mistakes.
 """
 
 from __future__ import annotations
@@ -276,10 +283,13 @@ _ENGINE_DOC = """
     time axes): outputs past a sequence's end are zero and ``h_n`` holds each sequence's state at
     its own last step. ``engine="auto"`` runs the fused kernel whenever it computes the layer
     exactly and rnnkit's own loop otherwise; ``"loop"`` forces the loop and ``"fused"`` insists on
-    the kernel. Inputs are checked: a wrong shape, size or dtype raises a ``ValueError`` naming
-    the layer, what was expected and what came (under autocast, lower-precision inputs are
-    accepted; where CPU autocast would make oneDNN fail to build a bfloat16/float16 LSTM, the
-    LSTM kernel runs in float32 instead).
+    the kernel. Inputs are checked: a wrong shape, size or dtype of the input or of ``hx``, or
+    an empty time axis without ``lengths=``, raises an :class:`rnnkit.InputError` naming the
+    layer, what was expected and what came; it is both a ``ValueError`` and a ``RuntimeError``,
+    so code written for ``torch.nn`` (``except RuntimeError``) keeps working (under autocast,
+    lower-precision inputs are accepted; where CPU autocast would make oneDNN fail to build a
+    bfloat16/float16 LSTM, the LSTM kernel runs in float32 instead). With ``lengths=`` all zero
+    the outputs are zero and ``h_n`` is ``hx``; an empty batch works as in ``torch.nn``.
 """
 
 
@@ -361,6 +371,9 @@ class Recurrent(nn.Module):
     When every cell is an exact ``RNNCell``/``LSTMCell``/``GRUCell`` (rnnkit's or torch.nn's), the
     fused kernel runs with the cells' weights; other cells run in rnnkit's loop, with the input
     projection of rnnkit cells hoisted out of it (``cell.project_input``/``cell.step``).
+    ``forward(input, hx=None, *, lengths=None, mask=None)`` takes lengths as
+    :class:`rnnkit.LSTM` does; bad input raises :class:`rnnkit.InputError` (a ``ValueError``
+    and a ``RuntimeError``).
     """
 
     def __init__(

@@ -35,7 +35,9 @@ Both engines carry state across calls: ``forward(x, hx)`` returns ``(output, h_n
 a sequence in two calls with the first call's ``h_n`` as the second's ``hx`` gives what one call
 gives. With ``lengths=`` (or ``mask=``), padded steps get ``a = 1, b = 0`` so the state passes
 through them unchanged: ``h_n`` is each sequence's state at its own last step and outputs past
-each end are zero.
+each end are zero; the padded input steps are zeroed first, so that NaN or inf padding reaches
+no gradient. Bad input raises :class:`rnnkit.InputError` (a ``ValueError`` and a
+``RuntimeError``), as for :class:`rnnkit.GRU`.
 """
 
 from __future__ import annotations
