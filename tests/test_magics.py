@@ -136,9 +136,14 @@ def test_train_line_magic_shows_the_panel_without_running(ip, workspace):
         ("train model data --val nope", "no variable 'nope'"),
         ("train model data --loss hinge", "unknown loss 'hinge'"),
         ("train model data --optimizer lbfgs2", "unknown optimizer 'lbfgs2'"),
-        ("train model data --epochs 0", "epochs must be an int >= 1"),
+        ("train model data --epochs 0", "--epochs: must be an int >= 1, got 0"),
+        ("train model data --batch-size 0", "--batch-size: must be an int >= 1, got 0"),
+        ("train model data --batch-size 0 --block", "--batch-size: must be an int >= 1"),
+        ("train model data --batch-size -3 --start", "--batch-size: must be an int >= 1"),
+        ("train model data --lr 0", "--lr: must be a finite number > 0, got 0"),
+        ("train model data --lr nan --block", "--lr: must be a finite number > 0, got nan"),
         ("train model data --epochs many", "invalid int value: 'many'"),
-        ("train model data --clip -1", "grad_clip must be a positive number"),
+        ("train model data --clip -1", "--clip: must be a finite number > 0, got -1"),
         ("train model data --start --block", "--start or --block, not both"),
         ("train model data --name 2x", "--name must be a Python name"),
         ("train model", "required: data"),
@@ -147,6 +152,29 @@ def test_train_line_magic_shows_the_panel_without_running(ip, workspace):
 def test_train_usage_errors(ip, workspace, line, message):
     with pytest.raises(UsageError, match=message):
         ip.run_line_magic("rnnkit", line)
+    assert "panel" not in workspace  # refused at parse time: no panel, no run
+
+
+@pytest.mark.parametrize("flag", ["--help", "-h", "help"])
+def test_help_flag_prints_the_help(ip, capsys, flag):
+    assert ip.run_line_magic("rnnkit", flag) is None
+    out = capsys.readouterr().out
+    assert out.strip() == ip.find_line_magic("rnnkit").__doc__.strip()
+    for name in SUBCOMMANDS:
+        assert f"%rnnkit {name}" in out
+
+
+@pytest.mark.parametrize("sub", list(SUBCOMMANDS))
+def test_subcommand_help_prints_its_help_and_runs_nothing(ip, workspace, capsys, sub):
+    assert ip.run_line_magic("rnnkit", f"{sub} --help") is None
+    out = capsys.readouterr().out
+    assert out.strip() == SUBCOMMANDS[sub].parser.format_help().strip()
+    assert "Python" in out and "panel" not in workspace
+
+
+def test_cell_magic_help_prints_its_help_and_runs_nothing(ip, workspace, capsys):
+    assert ip.run_cell_magic("rnnkit", "train --help", "hidden = 3") is None
+    assert "%%rnnkit train" in capsys.readouterr().out and "panel" not in workspace
 
 
 TOML = """
@@ -191,11 +219,18 @@ def test_train_cell_magic_builds_model_data_and_panel(ip, workspace):
         ("task = 'chess'", "unknown task 'chess'; expected one of adding, copy"),
         ("cell = 'transformer'", "cell must be one of rnn, lstm, gru"),
         ("optimizer = 'nope'", "unknown optimizer 'nope'"),
+        ("batch_size = 0", "batch_size must be >= 1, got 0"),
+        ("epochs = -1", "epochs must be >= 1, got -1"),
+        ("lr = 0.0", r"lr must be > 0, got 0.0"),
+        ("clip = -1.0", "clip must be > 0"),
+        ("dropout = 1.0", r"dropout must be in \[0, 1\)"),
+        ("seed = -2", "seed must be >= 0"),
     ],
 )
 def test_train_cell_magic_usage_errors(ip, workspace, body, message):
-    with pytest.raises(UsageError, match=message):
-        ip.run_cell_magic("rnnkit", "train", body)
+    for line in ("train", "train --block"):
+        with pytest.raises(UsageError, match=message):
+            ip.run_cell_magic("rnnkit", line, body)
 
 
 def test_cell_magic_other_subcommands_and_bad_options(ip):

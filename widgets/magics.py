@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import math
 import sys
 
 import torch
@@ -31,6 +32,28 @@ if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
+
+
+# ---- argument types: nonsense fails at parse time, before a panel or a run exists ----------
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)  # a ValueError is argparse's "invalid _positive_int value"
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an int >= 1, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
+    return value
+
+
+_positive_int.__name__ = "int"  # argparse names the type in "invalid int value: 'many'"
+_positive_float.__name__ = "float"
+HELP_FLAGS = ("-h", "--help")
 
 
 # ---- one parser per subcommand: its docstring is its help, with the plain-Python equivalent --
@@ -58,13 +81,13 @@ def _seed():
 @argument("model", help="name of an nn.Module in the notebook")
 @argument("data", help="name of the training data: (x, y), (x, y, lengths) or a DataLoader")
 @argument("--val", metavar="VAR", help="name of the validation data")
-@argument("--epochs", type=int, default=1, help="epochs per run (default 1)")
-@argument("--lr", type=float, default=None, help="learning rate (default: the optimizer's)")
-@argument("--clip", type=float, default=None, help="max gradient norm (default: off)")
+@argument("--epochs", type=_positive_int, default=1, help="epochs per run (default 1)")
+@argument("--lr", type=_positive_float, default=None, help="learning rate (default: optimizer's)")
+@argument("--clip", type=_positive_float, default=None, help="max gradient norm (default: off)")
 @argument("--optimizer", default="adam", help="adam, adamw, sgd, rmsprop or adagrad")
 @argument("--loss", default="mse", help="mse, mae, huber, cross_entropy, bce, ...")
 @argument("--metrics", default=None, help="comma-separated metric names, e.g. accuracy")
-@argument("--batch-size", type=int, default=32, help="batch size for tensor data")
+@argument("--batch-size", type=_positive_int, default=32, help="batch size for tensor data")
 @argument("--name", default="panel", help="store the panel under this name (default panel)")
 @argument("--start", action="store_true", help="start training in the background at once")
 @argument("--block", action="store_true", help="train to the end before the cell returns")
@@ -150,6 +173,9 @@ SUBCOMMANDS = {
     "check": _check,
 }
 
+# TOML keys whose value must be >= 1 (ints) or > 0 (floats); dropout in [0, 1), seed >= 0
+POSITIVE_KEYS = ("hidden", "layers", "seq_len", "n", "n_val", "epochs", "lr", "clip", "batch_size")
+
 TRAIN_KEYS: dict[str, tuple[type, object]] = {
     # key: (type, default)
     "cell": (str, "lstm"),
@@ -182,6 +208,19 @@ def _parse(sub: str, rest: str, cell: bool = False) -> argparse.Namespace:
         raise UsageError(f"{prefix}rnnkit {sub}: {err}\n{func.parser.format_usage()}") from None
 
 
+def _check_range(key: str, value) -> None:
+    """A TOML value of the right type but outside its range is a UsageError too."""
+    if value is None:
+        return
+    if key in POSITIVE_KEYS and not (math.isfinite(value) and value > 0):
+        bound = ">= 1" if isinstance(value, int) else "> 0"
+        raise UsageError(f"%%rnnkit train: {key} must be {bound}, got {value!r}")
+    if key == "dropout" and not 0.0 <= value < 1.0:
+        raise UsageError(f"%%rnnkit train: dropout must be in [0, 1), got {value!r}")
+    if key == "seed" and value < 0:
+        raise UsageError(f"%%rnnkit train: seed must be >= 0, got {value!r}")
+
+
 def _png(figure: Figure) -> bytes:
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png")
@@ -201,6 +240,9 @@ class RNNKitMagics(Magics):
     @line_cell_magic
     def rnnkit(self, line: str, cell: str | None = None):
         sub, _, rest = line.strip().partition(" ")
+        if sub in (*HELP_FLAGS, "help"):
+            print(_help())
+            return None
         if not sub:
             raise UsageError(f"%rnnkit needs a subcommand: one of {', '.join(SUBCOMMANDS)}")
         if sub not in SUBCOMMANDS:
@@ -209,6 +251,9 @@ class RNNKitMagics(Magics):
             )
         if cell is not None and sub != "train":
             raise UsageError(f"%%rnnkit is a cell magic for 'train' only, got {sub!r}")
+        if any(token in HELP_FLAGS for token in arg_split(rest)):
+            print((_train_cell if cell is not None else SUBCOMMANDS[sub]).parser.format_help())
+            return None
         args = _parse(sub, rest, cell=cell is not None)
         if sub == "train" and cell is not None:
             return self._train_toml(args, cell)
@@ -304,6 +349,7 @@ class RNNKitMagics(Magics):
             ):
                 raise UsageError(f"%%rnnkit train: {key} must be {kind.__name__}, got {value!r}")
             settings[key] = value
+            _check_range(key, value)
         if settings["task"] not in TASKS:
             raise UsageError(
                 f"%%rnnkit train: unknown task {settings['task']!r}; expected one of "
@@ -429,6 +475,7 @@ def _output_sum(output, _targets):
 def _help() -> str:
     lines = [
         "rnnkit from IPython: %rnnkit SUBCOMMAND [options], or %%rnnkit train with a TOML body.",
+        "%rnnkit --help prints this; %rnnkit SUBCOMMAND --help one subcommand's help.",
         "Subcommands: " + ", ".join(SUBCOMMANDS) + ". Each does one call of rnnkit's Python API,",
         "shown under 'Python:'.",
         "",
