@@ -1,5 +1,6 @@
 """TrainingPanel and its chart, driven through their Python objects (no browser)."""
 
+import threading
 import time
 
 import pytest
@@ -218,20 +219,38 @@ def test_chart_reads_incrementally_and_places_validation_at_epoch_ends():
     assert len(chart.loss_line.get_xdata()) == 3
 
 
+def _held_until(trainer, release: threading.Event) -> None:
+    """Make ``trainer.fit`` wait for ``release`` before it begins: a request made meanwhile
+    lands, deterministically, between Start and the trainer's start."""
+    fit = trainer.fit
+
+    def held_fit(*args, **kwargs):
+        release.wait()
+        return fit(*args, **kwargs)
+
+    trainer.fit = held_fit
+
+
 def test_stop_right_after_start_is_not_lost():
-    trainer, _, data = small_run()
+    trainer, optimizer, data = small_run()
     panel = TrainingPanel(trainer, data, epochs=100000, batch_size=8)
+    release = threading.Event()
+    _held_until(trainer, release)
     panel.start()
-    panel.stop()  # most likely before the trainer has begun
+    panel.stop()  # before the trainer has begun (it is held until now)
+    release.set()
     assert panel.wait(timeout=120)
-    assert trainer.status == "stopped" and trainer.step <= 1
+    assert trainer.status == "stopped" and trainer.step <= 1 and len(optimizer.seen) <= 1
 
 
 def test_pause_right_after_start_is_not_lost():
     trainer, optimizer, data = small_run()
     panel = TrainingPanel(trainer, data, epochs=100000, batch_size=8)
+    release = threading.Event()
+    _held_until(trainer, release)
     panel.start()
-    panel.pause()  # most likely before the trainer has begun
+    panel.pause()  # before the trainer has begun (it is held until now)
+    release.set()
     try:
         wait_for(lambda: trainer.status == "paused", "the pause")
         assert len(optimizer.seen) <= 1
