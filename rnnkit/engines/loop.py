@@ -8,10 +8,10 @@ mask ``valid (T, B)`` the update is masked::
 
 so padded steps never change a state. The layers hand this engine inputs whose padded steps
 are zero, so a padded step's discarded computation is finite and adds exactly zero to every
-gradient (a NaN there would not: 0 * NaN is NaN). The backward direction runs from the last step to the first
-with the same mask, which is each sequence reversed within its own length. This engine runs every
-cell (variants, user cells) and every configuration, and is the reference the others are tested
-against.
+gradient (a NaN there would not: 0 * NaN is NaN). The backward direction runs from the last
+step to the first with the same mask, which is each sequence reversed within its own length.
+This engine runs every cell (variants, user cells) and every configuration, and is the reference
+the others are tested against.
 """
 
 from __future__ import annotations
