@@ -162,6 +162,8 @@ def test_panel_in_jupyterlab(lab, tmp_path):
             page.locator(".jp-Notebook .jp-Cell .jp-InputPrompt").first.click()
             page.get_by_role("menuitem", name="Run", exact=True).click()
             page.get_by_role("menuitem", name="Run All Cells", exact=True).click()
+            # The cell has run when its prompt shows its execution count.
+            page.locator(".jp-Cell .jp-InputPrompt", has_text="[1]").wait_for(timeout=GUARD_MS)
             start = page.locator("button.widget-button", has_text="Start")
             start.wait_for(timeout=GUARD_MS)
             idle.wait_for(timeout=GUARD_MS)  # the cell has run; training has not started
@@ -201,6 +203,13 @@ def test_panel_in_jupyterlab(lab, tmp_path):
             idle.wait_for(timeout=GUARD_MS)
             kernels = _get_json(f"{base}/api/kernels?token={token}")
             assert [k["execution_state"] for k in kernels] == ["idle"]
+        except Exception as exc:
+            page.screenshot(path=str(ARTIFACTS / "browser_panel_failure.png"), full_page=True)
+            outputs = page.locator(".jp-OutputArea").all_inner_texts()
+            raise AssertionError(
+                f"{exc}\n--- cell outputs ---\n{outputs}\n--- jupyter lab log ---\n"
+                f"{(tmp_path / 'lab.log').read_text()[-4000:]}"
+            ) from exc
         finally:
             page.screenshot(path=str(ARTIFACTS / "browser_panel.png"), full_page=True)
             context.close()

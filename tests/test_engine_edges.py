@@ -37,7 +37,13 @@ CELLS = {
 FUSABLE = {"RNNCell", "RNNCell-relu", "LSTMCell", "GRUCell", "nn.GRUCell", "nn.LSTMCell"}
 
 
-def _layer_grid():
+SCAN_LAYERS = ("MinGRU", "MinLSTM", "MinRNNStack")
+STACKS = [(1, False), (2, False), (1, True), (2, True)]
+
+
+def _layer_grid(stacked: bool) -> list:
+    """``(kind, engine)``, or with ``stacked`` ``(kind, engine, num_layers, bidirectional)`` for
+    every stack the layer has (the scan layers have one direction; MinGRU/MinLSTM one layer)."""
     grid = []
     for kind in ("RNN", "RNN-relu", "LSTM", "GRU", "LSTM-proj"):
         for engine in ("fused", "loop"):
@@ -45,14 +51,21 @@ def _layer_grid():
     for name in CELLS:
         for engine in ("fused", "loop") if name in FUSABLE else ("loop",):
             grid.append((f"Recurrent({name})", engine))
-    for kind in ("MinGRU", "MinLSTM", "MinRNNStack"):
+    for kind in SCAN_LAYERS:
         for engine in ("scan", "loop"):
             grid.append((kind, engine))
-    return grid
+    if not stacked:
+        return grid
+    return [
+        (kind, engine, layers, bidirectional)
+        for kind, engine in grid
+        for layers, bidirectional in STACKS
+        if kind not in SCAN_LAYERS or (not bidirectional and (layers == 1 or kind == "MinRNNStack"))
+    ]
 
 
-LAYERS = _layer_grid()
-STACKS = [(1, False), (2, False), (1, True), (2, True)]
+LAYERS = _layer_grid(stacked=False)
+STACKED = _layer_grid(stacked=True)
 
 
 def make(kind, engine, num_layers=1, bidirectional=False):
@@ -67,13 +80,9 @@ def make(kind, engine, num_layers=1, bidirectional=False):
         layer = rnnkit.LSTM(IN, H, proj_size=2 if "proj" in kind else 0, **kw, engine=engine)
     elif kind == "GRU":
         layer = rnnkit.GRU(IN, H, **kw, engine=engine)
-    elif bidirectional:
-        pytest.skip("the scan layers have one direction")
     elif kind == "MinRNNStack":
         layer = rnnkit.MinRNNStack(IN, H, num_layers, batch_first=True, engine=engine)
     else:
-        if num_layers > 1:
-            pytest.skip("MinGRU/MinLSTM are one layer (MinRNNStack stacks them)")
         layer = getattr(rnnkit, kind)(IN, H, batch_first=True, engine=engine)
     return layer.to(DOUBLE)
 
@@ -105,8 +114,7 @@ def gradients(layer, x, h0, lengths):
     return [x.grad, *(h.grad for h in h0), *(p.grad for p in layer.parameters())], out, state
 
 
-@pytest.mark.parametrize(("num_layers", "bidirectional"), STACKS)
-@pytest.mark.parametrize(("kind", "engine"), LAYERS)
+@pytest.mark.parametrize(("kind", "engine", "num_layers", "bidirectional"), STACKED)
 def test_nan_and_inf_padding_reach_no_gradient(kind, engine, num_layers, bidirectional):
     layer = make(kind, engine, num_layers, bidirectional)
     lengths = torch.tensor([6, 2, 0, 4, 6])
@@ -142,8 +150,7 @@ def test_an_empty_time_axis_raises_without_lengths_as_torch_does(kind, engine, u
         reference(x)
 
 
-@pytest.mark.parametrize(("num_layers", "bidirectional"), STACKS)
-@pytest.mark.parametrize(("kind", "engine"), LAYERS)
+@pytest.mark.parametrize(("kind", "engine", "num_layers", "bidirectional"), STACKED)
 def test_all_zero_lengths_give_zero_outputs_and_the_initial_state(
     kind, engine, num_layers, bidirectional
 ):
@@ -162,8 +169,7 @@ def test_all_zero_lengths_give_zero_outputs_and_the_initial_state(
 
 
 @pytest.mark.parametrize("with_lengths", [False, True])
-@pytest.mark.parametrize(("num_layers", "bidirectional"), STACKS)
-@pytest.mark.parametrize(("kind", "engine"), LAYERS)
+@pytest.mark.parametrize(("kind", "engine", "num_layers", "bidirectional"), STACKED)
 def test_an_empty_batch_works_on_every_engine(
     kind, engine, num_layers, bidirectional, with_lengths
 ):
