@@ -72,6 +72,24 @@ def _get_json(url: str):
         return json.loads(response.read())
 
 
+def _wait_for_notebook_kernel(base: str, token: str) -> None:
+    """Until the server reports a kernel for panel.ipynb, started and idle: on a cold start the
+    page's execution indicator can read idle before the notebook has a kernel at all, and a Run
+    All then waits on a kernel that is still being chosen."""
+    deadline = time.monotonic() + GUARD_S
+    while True:
+        sessions = _get_json(f"{base}/api/sessions?token={token}")
+        states = [
+            (s.get("kernel") or {}).get("execution_state")
+            for s in sessions
+            if s.get("path", "").endswith("panel.ipynb")
+        ]
+        if "idle" in states:
+            return
+        assert time.monotonic() < deadline, f"no idle kernel for panel.ipynb: {sessions}"
+        time.sleep(0.25)
+
+
 @pytest.fixture
 def lab(tmp_path):
     """A JupyterLab server on 127.0.0.1 with a fresh root holding panel.ipynb."""
@@ -157,6 +175,7 @@ def test_panel_in_jupyterlab(lab, tmp_path):
             page.goto(f"{base}/lab/tree/panel.ipynb?token={token}", timeout=GUARD_MS)
             idle = page.locator('.jp-Notebook-ExecutionIndicator[data-status="idle"]')
             idle.wait_for(timeout=GUARD_MS)
+            _wait_for_notebook_kernel(base, token)
 
             # Focus the notebook first: Run All acts on the notebook that has the focus.
             page.locator(".jp-Notebook .jp-Cell .jp-InputPrompt").first.click()
