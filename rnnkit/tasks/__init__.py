@@ -1,8 +1,10 @@
 """Task data: seeded synthetic problems (:mod:`rnnkit.tasks.synthetic`) and real data sets
-that ship with rnnkit or inside a PyPI package (:mod:`rnnkit.tasks.real`). Nothing is downloaded.
+that ship with rnnkit or inside a PyPI package (:mod:`rnnkit.tasks.real`), and a generated
+sequence-to-sequence task (:mod:`rnnkit.tasks.seq2seq`). Nothing is downloaded.
 """
 
 from rnnkit.tasks.real import shakespeare, sunspots
+from rnnkit.tasks.seq2seq import spelled_digits
 from rnnkit.tasks.synthetic import (
     adding_accuracy,
     adding_problem,
@@ -28,6 +30,7 @@ __all__ = [
     "multi_task",
     "multimodal",
     "shakespeare",
+    "spelled_digits",
     "sunspots",
     "variable_length",
     "windows",
