@@ -101,7 +101,13 @@ def filter_logits(
 
 
 def _forward(model: nn.Module, x: Tensor, state) -> tuple[Tensor, Any]:
-    result = model(x, state)
+    try:
+        result = model(x, state)
+    except TypeError as err:
+        raise ValueError(
+            f"generation needs a stateful model, forward(x, state=None) -> (logits, state); "
+            f"calling {type(model).__name__}(x, state) failed: {err}"
+        ) from err
     if not (isinstance(result, tuple) and len(result) == 2 and isinstance(result[0], Tensor)):
         raise ValueError(
             f"generation needs a stateful model, forward(x, state=None) -> (logits, state); "
@@ -115,6 +121,11 @@ def _forward(model: nn.Module, x: Tensor, state) -> tuple[Tensor, Any]:
             f"got {tuple(logits.shape)}"
         )
     return result
+
+
+def _widened(logits: Tensor) -> Tensor:
+    """float16/bfloat16 logits in float32 (softmax and sums need the range); others as they are."""
+    return logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
 
 
 def _generation_model(model) -> nn.Module:
@@ -162,7 +173,7 @@ def sample_ids(
         logits, state = _forward(model, x, None)
         last = logits[:, -1]
         for k in range(steps):
-            probs = filter_logits(last.float(), temperature, top_k, top_p).softmax(dim=-1)
+            probs = filter_logits(_widened(last), temperature, top_k, top_p).softmax(dim=-1)
             token = torch.multinomial(probs, 1, generator=generator)
             ids.append(token)
             kept.append(last)
@@ -309,18 +320,18 @@ def greedy_search(
 
     Returns ``(tokens (B, T), lengths (B,), log_probs (B,))``: each output up to and including
     its ``eos`` (or ``max_len`` tokens), then ``pad`` (default ``eos``); ``log_probs`` sums the
-    chosen tokens' log-probabilities. Stops when every output has ended."""
+    chosen tokens' log-probabilities (float64). Stops when every output has ended."""
     _check_search(start_tokens, max_len, eos)
     pad = eos if pad is None else pad
     batch = start_tokens.shape[0]
     tokens, done = start_tokens, torch.zeros(batch, dtype=torch.bool, device=start_tokens.device)
     lengths = torch.full((batch,), max_len, dtype=torch.long, device=start_tokens.device)
-    total = torch.zeros(batch, device=start_tokens.device)
+    total = torch.zeros(batch, dtype=torch.float64, device=start_tokens.device)
     out = []
     for t in range(max_len):
         log_probs, state = _step(step_fn, tokens, state)
         best, tokens = log_probs.max(dim=-1)
-        total = total + torch.where(done, 0.0, best.float())
+        total = total + torch.where(done, 0.0, best.double())
         out.append(torch.where(done, pad, tokens))
         ended = ~done & (tokens == eos)
         lengths = torch.where(ended, t + 1, lengths)
@@ -333,7 +344,7 @@ def greedy_search(
 class BeamSearchResult(NamedTuple):
     """Per source, ``beams`` hypotheses best first: ``tokens (B, beams, T)`` (each up to and
     including its eos, then padding), ``lengths (B, beams)`` (counting eos), ``scores`` (log P
-    over the length penalty: what ranks them) and ``log_probs`` (log P itself)."""
+    over the length penalty: what ranks them) and ``log_probs`` (log P itself), both float64."""
 
     tokens: Tensor
     lengths: Tensor
@@ -380,10 +391,10 @@ def beam_search(
     lp = lambda n: ((5 + n) / 6) ** alpha
     state = _map_state(lambda s, d: s.repeat_interleave(beams, dim=d), state, batch_dim)
     tokens = start_tokens.repeat_interleave(beams)
-    live = torch.full((batch, beams), float("-inf"), device=device)
+    live = torch.full((batch, beams), float("-inf"), dtype=torch.float64, device=device)
     live[:, 0] = 0.0  # all beams start equal: expand one of them only
     live_seqs = torch.zeros(batch, beams, 0, dtype=torch.long, device=device)
-    fin_scores = torch.full((batch, beams), float("-inf"), device=device)
+    fin_scores = torch.full((batch, beams), float("-inf"), dtype=torch.float64, device=device)
     fin_logp = fin_scores.clone()
     fin_seqs = torch.full((batch, beams, max_len), pad, dtype=torch.long, device=device)
     fin_lengths = torch.zeros(batch, beams, dtype=torch.long, device=device)
@@ -403,7 +414,7 @@ def beam_search(
     for t in range(max_len):
         log_probs, state = _step(step_fn, tokens, state)
         vocab = log_probs.shape[-1]
-        candidates = (live[:, :, None] + log_probs.float().view(batch, beams, vocab)).view(
+        candidates = (live[:, :, None] + log_probs.double().view(batch, beams, vocab)).view(
             batch, -1
         )
         top, index = candidates.topk(min(2 * beams, beams * vocab), dim=1)
@@ -437,6 +448,6 @@ def stateful_step(model: nn.Module) -> StepFn:
 
     def step(tokens: Tensor, state):
         logits, state = _forward(model, tokens[:, None], state)
-        return logits[:, -1].float().log_softmax(dim=-1), state
+        return _widened(logits[:, -1]).log_softmax(dim=-1), state
 
     return step

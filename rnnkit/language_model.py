@@ -136,9 +136,9 @@ class LanguageModel(nn.Module):
     the state returned is each sequence's state at its own last token.
 
     The vocabulary travels with the weights: ``state_dict()`` holds it as JSON (the entry
-    ``_extra_state``, the UTF-8 bytes of ``vocab.to_json()`` as a uint8 tensor, so it passes
-    through ``torch.save``, weights-only loading and safetensors), and ``load_state_dict``
-    restores it. Loading a state whose vocabulary differs from the model's own raises a
+    ``_extra_state`` is ``vocab.to_json()``, a str, "" without a vocabulary, which
+    ``torch.save`` and weights-only loading keep as it is), and ``load_state_dict`` restores
+    it. Loading a state whose vocabulary differs from the model's own raises a
     ``ValueError``; set ``model.vocab = None`` first to take the saved one.
     """
 
@@ -206,21 +206,16 @@ class LanguageModel(nn.Module):
             output, state = self.rnn(embedded, state, lengths=lengths)
         return self.decoder(self.drop(output)), state
 
-    def get_extra_state(self) -> Tensor:
-        if self.vocab is None:
-            return torch.empty(0, dtype=torch.uint8)
-        return torch.frombuffer(bytearray(self.vocab.to_json().encode("utf-8")), dtype=torch.uint8)
+    def get_extra_state(self) -> str:
+        return self.vocab.to_json() if self.vocab is not None else ""
 
     def set_extra_state(self, state) -> None:
-        if isinstance(state, Tensor):
-            text = state.to("cpu", torch.uint8).numpy().tobytes().decode("utf-8")
-        elif isinstance(state, str):
-            text = state
-        else:
+        if not isinstance(state, str):
             raise ValueError(
-                f"LanguageModel: the state's _extra_state must hold the vocabulary's JSON, got "
-                f"{type(state).__name__}"
+                f"LanguageModel: the state's _extra_state must be the vocabulary's JSON (a str), "
+                f"got {type(state).__name__}"
             )
+        text = state
         if not text:
             return
         saved = Vocabulary.from_json(text)
