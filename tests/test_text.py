@@ -137,7 +137,9 @@ def test_windows_are_views_that_walk_the_streams_in_order():
     for x, y in windows:
         assert x.untyped_storage().data_ptr() == streams.untyped_storage().data_ptr()
         assert y.untyped_storage().data_ptr() == streams.untyped_storage().data_ptr()
-    assert [torch.equal(a[0], b[0]) for (a, _), (b, _) in zip(windows, batches)] == [True] * 4
+    assert [torch.equal(a[0], b[0]) for (a, _), (b, _) in zip(windows, batches, strict=True)] == [
+        True
+    ] * 4
     assert batches.seq_len == 7 and batches.variable is False and batches.tokens == 100
 
 
@@ -179,7 +181,8 @@ def test_resume_at_a_window_and_refuse_other_streams():
     expected = seen[3:] + rest
     assert len(resumed) == len(expected)
     assert all(
-        torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(resumed, expected)
+        torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+        for a, b in zip(resumed, expected, strict=True)
     )
     assert len(list(fresh)) == len(fresh)  # the next walk starts at the epoch's beginning
 
@@ -205,7 +208,7 @@ def test_shard_gives_each_rank_its_streams_with_the_same_windows():
     batches.set_epoch(1)
     parts = [batches.shard(rank, 3) for rank in range(3)]
     assert all(p.window_lengths() == batches.window_lengths() for p in parts)
-    for window, *shards in zip(batches, *parts):
+    for window, *shards in zip(batches, *parts, strict=True):
         assert torch.equal(torch.cat([s[0] for s in shards]), window[0])
     with pytest.raises(ValueError, match="6 streams cannot be split evenly over 4 processes"):
         batches.shard(0, 4)
