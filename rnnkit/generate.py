@@ -57,7 +57,9 @@ StepFn = Callable[[Tensor, Any], tuple[Tensor, Any]]
 # Sampling.
 
 
-def _check_sampling(temperature: float, top_k: int | None, top_p: float | None) -> None:
+def check_sampling(temperature: float, top_k: int | None, top_p: float | None) -> None:
+    """Raise a ``ValueError`` naming a bad temperature (must be finite and > 0), top_k (an int
+    >= 1 or None) or top_p (in (0, 1] or None)."""
     if isinstance(temperature, bool) or not isinstance(temperature, (int, float)):
         raise ValueError(f"temperature must be a number > 0, got {temperature!r}")
     if not (temperature > 0 and math.isfinite(temperature)):
@@ -86,7 +88,7 @@ def filter_logits(
     ``tau < 1`` sharpens the distribution toward the most likely token, ``tau > 1`` flattens it
     toward uniform. ``logits`` is ``(..., V)``.
     """
-    _check_sampling(temperature, top_k, top_p)
+    check_sampling(temperature, top_k, top_p)
     logits = logits / temperature
     if top_k is not None and top_k < logits.shape[-1]:
         kth = logits.topk(top_k, dim=-1).values[..., -1:]
@@ -158,7 +160,7 @@ def sample_ids(
     stateful model, as the module docstring says. Returns ``(ids (B, steps), logits (B, steps,
     V))``: ``logits[:, k]`` are the model's raw logits that token ``k`` was drawn from. The model
     is run as it is (its mode untouched; use :func:`sample` for the copy in eval mode)."""
-    _check_sampling(temperature, top_k, top_p)
+    check_sampling(temperature, top_k, top_p)
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
         raise ValueError(f"steps must be an int >= 0, got {steps!r}")
     if not isinstance(prompt, Tensor) or prompt.dim() not in (1, 2) or prompt.shape[-1] < 1:
@@ -211,7 +213,7 @@ def sample(
     ``(0, 1]``, and a prompt with a character the vocabulary does not have (and no unk token),
     named with its position.
     """
-    _check_sampling(temperature, top_k, top_p)
+    check_sampling(temperature, top_k, top_p)
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
         raise ValueError(f"seed must be an int >= 0 or None, got {seed!r}")
     if not isinstance(prompt, str):

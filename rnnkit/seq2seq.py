@@ -41,7 +41,14 @@ from rnnkit.padding import check_lengths, lengths_to_mask
 from rnnkit.recurrent import _replicate
 from rnnkit.text import Vocabulary
 
-__all__ = ["Decoded", "ScheduledSampling", "Seq2Seq", "encode_pairs", "teacher_forcing_ratio"]
+__all__ = [
+    "Alignment",
+    "Decoded",
+    "ScheduledSampling",
+    "Seq2Seq",
+    "encode_pairs",
+    "teacher_forcing_ratio",
+]
 
 ATTENTION = ("bahdanau", "luong_dot", "luong_general", "none")
 
@@ -55,6 +62,15 @@ class Decoded(NamedTuple):
     lengths: Tensor
     log_probs: Tensor
     attention: Tensor | None
+
+
+class Alignment(NamedTuple):
+    """One source and its output with the attention between them, for a heatmap:
+    ``weights[t, j]`` is output token ``t``'s weight on source token ``j`` (rows sum to 1)."""
+
+    source: list[str]
+    output: list[str]
+    weights: Tensor
 
 
 def _size(vocab, owner: str, role: str) -> tuple[int, Vocabulary | None]:
@@ -374,6 +390,21 @@ class Seq2Seq(nn.Module):
             self.target_vocab.decode(row[: int(n)])
             for row, n in zip(found.tokens.cpu(), found.lengths, strict=True)
         ]
+
+    def align(self, source: str, beam_size: int = 1, max_len: int | None = None) -> Alignment:
+        """Decode one source text (:meth:`decode`) and return its tokens, the output's tokens
+        (eos included) and the attention weights ``(output, source)`` between them."""
+        if self.source_vocab is None or self.target_vocab is None:
+            raise ValueError("Seq2Seq.align needs the model built with vocabularies, not sizes")
+        if self.attention is None:
+            raise ValueError("Seq2Seq.align: this model has no attention (attention='none')")
+        ids = self.source_vocab.encode(source)
+        device = self.source_embedding.weight.device
+        found = self.decode(ids[None].to(device), None, max_len, beam_size)
+        n = int(found.lengths[0])
+        output = [self.target_vocab.tokens[i] for i in found.tokens[0, :n].tolist()]
+        tokens = [self.source_vocab.tokens[i] for i in ids.tolist()]
+        return Alignment(tokens, output, found.attention[0, :n].cpu())
 
 
 def encode_pairs(

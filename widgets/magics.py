@@ -141,6 +141,28 @@ def _check():
     """
 
 
+@magic_arguments("rnnkit generate")
+@argument("model", help="name of a stateful model, a Trainer or a TrainingPanel in the notebook")
+@argument("--prompt", default="", help="the text to continue (quote it if it has spaces)")
+@argument("--steps", type=int, default=200, help="tokens to generate (default 200)")
+@argument("--temperature", type=float, default=1.0, help="softmax temperature (default 1.0)")
+@argument("--top-k", type=int, default=None, help="keep the k most likely tokens (default off)")
+@argument("--seed", type=int, default=None, help="the sampler's seed (default: random)")
+@argument("--vocab", metavar="VAR", default=None, help="the vocabulary (default model.vocab)")
+def _generate():
+    """A generation widget (prompt, temperature, top-k, Generate) for a language model, with
+    one sample drawn at once. A Trainer or panel is sampled through trainer.copy_model(), a copy
+    taken at a step boundary, so a run in the background is left exact.
+
+    Python::
+
+        widget = rnnkit.widgets.GenerationWidget(model, vocab, prompt, steps, temperature,
+                                                 top_k, seed)
+        widget.generate()   # = rnnkit.sample(model, vocab, prompt, steps, ...)
+        display(widget)
+    """
+
+
 SUBCOMMANDS = {
     "info": _info,
     "seed": _seed,
@@ -148,6 +170,7 @@ SUBCOMMANDS = {
     "compare": _compare,
     "gradflow": _gradflow,
     "check": _check,
+    "generate": _generate,
 }
 
 TRAIN_KEYS: dict[str, tuple[type, object]] = {
@@ -417,6 +440,25 @@ class RNNKitMagics(Magics):
             print("time, rho << 1 makes them vanish; Pascanu et al. 2013):")
             for layer, gates in rnnkit.spectral_radius(model).items():
                 print(f"  {layer}: " + ", ".join(f"{g}={r:.3f}" for g, r in gates.items()))
+
+    def _generate(self, args) -> None:
+        from rnnkit.widgets.generation import GenerationWidget
+
+        model = self._lookup("generate", args.model)
+        vocab = self._lookup("generate", args.vocab) if args.vocab else None
+        prompt = args.prompt
+        if len(prompt) >= 2 and prompt[0] == prompt[-1] and prompt[0] in "'\"":
+            prompt = prompt[1:-1]  # IPython's argument splitter keeps the quotes
+        try:
+            widget = GenerationWidget(
+                model, vocab, prompt, args.steps, args.temperature, args.top_k, args.seed
+            )
+        except (TypeError, ValueError) as err:
+            raise UsageError(f"%rnnkit generate: {err}") from None
+        widget.generate()
+        if widget.error is not None:
+            raise UsageError(f"%rnnkit generate: {widget.error}")
+        display(widget)
 
 
 def _output_sum(output, _targets):
