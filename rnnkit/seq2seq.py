@@ -35,10 +35,11 @@ from torch import Tensor, nn
 
 from rnnkit.attention import BahdanauAttention, LuongAttention
 from rnnkit.callbacks import Callback
+from rnnkit.cells import GRUCell, LSTMCell, RNNCell
 from rnnkit.generate import beam_search, greedy_search
 from rnnkit.language_model import layer_output_size, recurrent_layer
 from rnnkit.padding import check_lengths, lengths_to_mask
-from rnnkit.recurrent import _replicate
+from rnnkit.recurrent import Recurrent, _replicate
 from rnnkit.text import Vocabulary
 
 __all__ = [
@@ -51,6 +52,7 @@ __all__ = [
 ]
 
 ATTENTION = ("bahdanau", "luong_dot", "luong_general", "none")
+DECODER_CELLS = {"lstm": LSTMCell, "gru": GRUCell, "rnn": RNNCell}
 
 
 class Decoded(NamedTuple):
@@ -159,17 +161,13 @@ class Seq2Seq(nn.Module):
         self.directions = 2 if bidirectional else 1
         feed = {"bahdanau": memory, "luong_dot": hidden_size, "luong_general": hidden_size}
         decoder_input = embed_size + feed.get(attention, 0)
-        decoder_cell = cell if isinstance(cell, str) else _replicate(cell, decoder_input)
-        self.decoder = recurrent_layer(
-            "Seq2Seq decoder",
-            decoder_cell,
-            decoder_input,
-            hidden_size,
-            num_layers,
-            dropout,
-            False,
-            engine,
-        )
+        if isinstance(cell, str):
+            decoder_cell = DECODER_CELLS[cell](decoder_input, hidden_size)  # name checked above
+        else:
+            decoder_cell = _replicate(cell, decoder_input)
+        # the decoder runs one step at a time (attention, teacher forcing, search): its cells
+        # are called directly, which costs less per step than a layer call over one step
+        self.decoder = Recurrent(decoder_cell, num_layers, batch_first=True, dropout=dropout)
         self.bridge = (
             nn.ModuleList([nn.Linear(memory, hidden_size) for _ in range(2)])
             if bidirectional
@@ -247,22 +245,37 @@ class Seq2Seq(nn.Module):
             hidden = state["hidden"]
             query = (hidden[0] if isinstance(hidden, tuple) else hidden)[-1]
             context, weights = self.attention(query, state["memory"], state["mask"], state["keys"])
-            output, state["hidden"] = self.decoder(
-                torch.cat([embedded, context], dim=-1)[:, None], hidden
+            output, state["hidden"] = self._decoder_step(
+                torch.cat([embedded, context], dim=-1), hidden
             )
-            logits = self.output(torch.cat([output[:, 0], context], dim=-1))
+            logits = self.output(torch.cat([output, context], dim=-1))
         elif self.attention is not None:
-            output, state["hidden"] = self.decoder(
-                torch.cat([embedded, state["feed"]], dim=-1)[:, None], state["hidden"]
+            output, state["hidden"] = self._decoder_step(
+                torch.cat([embedded, state["feed"]], dim=-1), state["hidden"]
             )
-            output = output[:, 0]
             context, weights = self.attention(output, state["memory"], state["mask"], state["keys"])
             state["feed"] = torch.tanh(self.combine(torch.cat([context, output], dim=-1)))
             logits = self.output(self.drop(state["feed"]))
         else:
-            output, state["hidden"] = self.decoder(embedded[:, None], state["hidden"])
-            logits = self.output(self.drop(output[:, 0]))
+            output, state["hidden"] = self._decoder_step(embedded, state["hidden"])
+            logits = self.output(self.drop(output))
         return logits, state, weights
+
+    def _decoder_step(self, x: Tensor, hidden):
+        """The decoder's cells for one step: ``x (N, I)``, ``hidden`` in the layer layout
+        (``(layers, N, H)``, a tuple for an LSTM) -> ``(output (N, H), hidden)``."""
+        parts = hidden if isinstance(hidden, tuple) else (hidden,)
+        cells = self.decoder.cells
+        new = []
+        for layer, cell in enumerate(cells):
+            layer_state = tuple(p[layer] for p in parts) if len(parts) > 1 else parts[0][layer]
+            layer_state = cell(x, layer_state)
+            new.append(layer_state if isinstance(layer_state, tuple) else (layer_state,))
+            x = new[-1][0]
+            if layer + 1 < len(cells):
+                x = self.drop(x)
+        stacked = tuple(torch.stack([n[i] for n in new]) for i in range(len(parts)))
+        return x, (stacked if isinstance(hidden, tuple) else stacked[0])
 
     # ---- training ---------------------------------------------------------------------------
 
