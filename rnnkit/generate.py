@@ -6,11 +6,13 @@ DataLoaders: :func:`sample` here draws *text* from a model.)
 What it promises:
 
 * :func:`sample` feeds the prompt once, then one token at a time with the state the previous
-  call returned, so ``steps`` tokens cost ``steps`` one-token forwards, never a re-run of the
-  prefix; token ``k`` is drawn from exactly the logits a full forward over prompt and tokens
-  ``< k`` gives at that position (tested). It draws from its own ``torch.Generator`` and never
-  touches the global RNG, and it never changes the caller's model: a model in training mode is
-  copied and the copy run in evaluation mode;
+  call returned (``model.step(tokens, state)`` when the model has one, as
+  :class:`rnnkit.LanguageModel` does, else ``model(tokens[:, None], state)``), so ``steps``
+  tokens cost ``steps`` one-token forwards, never a re-run of the prefix; token ``k`` is drawn
+  from exactly the logits a full forward over prompt and tokens ``< k`` gives at that position
+  (tested). It draws from its own ``torch.Generator`` and never touches the global RNG, and it
+  never changes the caller's model: a model in training mode is copied and the copy run in
+  evaluation mode;
 * :func:`beam_search` keeps ``beam_size`` hypotheses per source for a batch of sources at once:
   one ``step_fn`` call per step for all beams of all sources, the state (any nesting of tuples,
   lists and dicts of tensors) reordered along its batch dimension as beams are chosen, and
@@ -125,6 +127,16 @@ def _forward(model: nn.Module, x: Tensor, state) -> tuple[Tensor, Any]:
     return result
 
 
+def _one_token(model: nn.Module, tokens: Tensor, state) -> tuple[Tensor, Any]:
+    """One token per sequence: ``model.step(tokens, state)`` where the model has it (rnnkit's
+    :class:`LanguageModel`), else ``model(tokens[:, None], state)``; logits ``(B, V)``."""
+    step = getattr(model, "step", None)
+    if callable(step):
+        return step(tokens, state)
+    logits, state = _forward(model, tokens[:, None], state)
+    return logits[:, -1], state
+
+
 def _widened(logits: Tensor) -> Tensor:
     """float16/bfloat16 logits in float32 (softmax and sums need the range); others as they are."""
     return logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
@@ -180,8 +192,7 @@ def sample_ids(
             ids.append(token)
             kept.append(last)
             if k + 1 < steps:
-                logits, state = _forward(model, token, state)
-                last = logits[:, -1]
+                last, state = _one_token(model, token[:, 0], state)
     vocab_size = logits.shape[-1]
     if not ids:
         return x.new_zeros(x.shape[0], 0), logits.new_zeros(x.shape[0], 0, vocab_size)
@@ -449,7 +460,7 @@ def stateful_step(model: nn.Module) -> StepFn:
     the batch at dimension 1 of their state: pass ``batch_dim=1``."""
 
     def step(tokens: Tensor, state):
-        logits, state = _forward(model, tokens[:, None], state)
-        return _widened(logits[:, -1]).log_softmax(dim=-1), state
+        logits, state = _one_token(model, tokens, state)
+        return _widened(logits).log_softmax(dim=-1), state
 
     return step

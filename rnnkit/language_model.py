@@ -206,6 +206,53 @@ class LanguageModel(nn.Module):
             output, state = self.rnn(embedded, state, lengths=lengths)
         return self.decoder(self.drop(output)), state
 
+    def step(self, tokens: Tensor, state=None) -> tuple[Tensor, object]:
+        """One token per sequence: ``tokens (B,)`` -> ``(logits (B, V), state)``, the same
+        numbers as ``forward(tokens[:, None], state)`` (tested). Generation calls it once per
+        new token: the layer's step equations run directly (:meth:`rnnkit.LSTM._step_units`, a
+        cell's ``project_input`` and ``step``), which on a CPU costs a third of a one-step call
+        of the fused kernel, whose set-up dominates at one step. Layers without step
+        equations (e.g. ``MinRNNStack``) run ``forward`` over one step."""
+        units = self._units()
+        if units is None:
+            logits, state = self(tokens[:, None], state)
+            return logits[:, 0], state
+        _check_ids("LanguageModel", tokens[:, None], self.vocab_size)
+        x = self.drop(self.embedding(tokens))
+        if state is None:
+            state = self._zero_state(x)
+        parts = state if isinstance(state, tuple) else (state,)
+        new = []
+        for layer, (project, step) in enumerate(units):
+            unit_state = tuple(p[layer] for p in parts) if len(parts) > 1 else parts[0][layer]
+            unit_state = step(project(x), unit_state)
+            new.append(unit_state if isinstance(unit_state, tuple) else (unit_state,))
+            x = new[-1][0]
+            if layer + 1 < len(units) and self.training:
+                x = nn.functional.dropout(x, self.rnn.dropout)
+        stacked = tuple(torch.stack([n[i] for n in new]) for i in range(len(parts)))
+        return self.decoder(self.drop(x)), stacked if isinstance(state, tuple) else stacked[0]
+
+    def _units(self):
+        """``[(project, step)]`` per layer, or None for a layer without step equations."""
+        if isinstance(self.rnn, (LSTM, GRU, RNN)):
+            return self.rnn._step_units()
+        if isinstance(self.rnn, Recurrent):
+            return [
+                (c.project_input, c.step) if hasattr(c, "project_input") else (lambda x: x, c)
+                for c in self.rnn.cells
+            ]
+        return None
+
+    def _zero_state(self, x: Tensor):
+        if isinstance(self.rnn, (LSTM, GRU, RNN)):
+            zeros = tuple(x.new_zeros(shape) for shape in self.rnn._state_shapes(x.shape[0]))
+            return zeros if len(zeros) > 1 else zeros[0]
+        zeros = self.rnn._initial_states(x[None])  # one zero state per cell
+        if isinstance(zeros[0], tuple):
+            return tuple(torch.stack([z[i] for z in zeros]) for i in range(len(zeros[0])))
+        return torch.stack(zeros)
+
     def get_extra_state(self) -> str:
         return self.vocab.to_json() if self.vocab is not None else ""
 

@@ -39,7 +39,7 @@ def test_each_token_is_drawn_from_the_logits_of_a_full_forward():
 def test_the_prompt_is_fed_once_then_one_token_per_step():
     model = _model().eval()
     widths = []
-    model.embedding.register_forward_hook(lambda m, args, out: widths.append(args[0].shape[1]))
+    model.embedding.register_forward_hook(lambda m, args, out: widths.append(args[0].numel()))
     rnnkit.sample(model, prompt="abcdefg", steps=30, seed=0)
     assert widths == [7] + [1] * 29  # cost linear in steps: the prefix is never re-run
 

@@ -1,5 +1,7 @@
 """The generation widget, the attention heatmap and %rnnkit generate."""
 
+import threading
+
 import pytest
 import torch
 from IPython.core.error import UsageError
@@ -45,12 +47,23 @@ def _panel_run(sample_during_run: bool):
     torch.manual_seed(0)
     model = rnnkit.LanguageModel(VOCAB, 6, 12)
     ids = torch.randint(len(VOCAB), (4 * 200,))
+    started = threading.Event()
+
+    class Started(rnnkit.Callback):
+        def on_batch_end(self, trainer, logs):
+            started.set()
+
     trainer = rnnkit.Trainer(
-        model, torch.optim.Adam(model.parameters(), lr=1e-2), "cross_entropy", stateful=True
+        model,
+        torch.optim.Adam(model.parameters(), lr=1e-2),
+        "cross_entropy",
+        stateful=True,
+        callbacks=[Started()],
     )
     panel = TrainingPanel(trainer, rnnkit.bptt_batches(rnnkit.lm_streams(ids, 4), 10), epochs=3)
     widget = GenerationWidget(panel, prompt="a", steps=10, seed=1)
     panel.fit(block=False)
+    assert started.wait(timeout=60)  # the run is in progress: copies wait for step boundaries
     texts = [widget.generate() for _ in range(3)] if sample_during_run else []
     assert panel.wait(timeout=120)
     assert trainer.status == "finished"

@@ -135,3 +135,30 @@ def test_stateful_adapter_checks_the_layer():
     plain = rnnkit.Stateful(nn.GRU(3, 4, batch_first=True))
     output, state = plain(torch.randn(2, 5, 3))
     assert output.shape == (2, 5, 4) and state.shape == (1, 2, 4)
+
+
+@pytest.mark.parametrize(
+    "cell",
+    ["lstm", "gru", "rnn", "layernorm", "proj", "minrnn"],
+)
+def test_one_token_step_equals_a_one_step_forward(cell):
+    torch.manual_seed(0)
+    layers = {
+        "layernorm": rnnkit.LayerNormLSTMCell(4, 6),
+        "proj": rnnkit.LSTM(4, 6, num_layers=2, proj_size=3, batch_first=True),
+        "minrnn": rnnkit.MinRNNStack(4, 6, num_layers=2, batch_first=True),
+    }
+    model = rnnkit.LanguageModel(9, 4, 6, num_layers=2, cell=layers.get(cell, cell)).double()
+    model.eval()
+    x = torch.randint(9, (3, 5))
+    _, state = model(x[:, :4])
+    for start in (None, state):
+        expected, expected_state = model(x[:, 4:], start)
+        logits, new_state = model.step(x[:, 4], start)
+        assert torch.allclose(logits, expected[:, 0], atol=1e-12)
+        for a, b in zip(_leaves(new_state), _leaves(expected_state), strict=True):
+            assert torch.allclose(a, b, atol=1e-12)
+
+
+def _leaves(state):
+    return list(state) if isinstance(state, tuple) else [state]
