@@ -456,7 +456,10 @@ class BPTTBatches:
 
     @property
     def num_streams(self) -> int:
+        """The number of parallel streams: every window's batch size."""
         return self.streams.shape[0]
+
+    batch_size = num_streams
 
     def _schedule(self, epoch: int) -> list[tuple[int, int]]:
         """``(start, length)`` of every window of ``epoch``: fixed lengths, or AWD-LSTM's draw
