@@ -32,6 +32,7 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 
 from rnnkit.cells import State, gru_step, lstm_step, rnn_step
 from rnnkit.engines import fused, loop
+from rnnkit.engines import triton as triton_engine
 from rnnkit.engines.loop import StepObserver
 from rnnkit.engines.selection import (
     Blockers,
@@ -189,7 +190,8 @@ class _TorchCompatible:
 
     def engine_blockers(self) -> Blockers:
         """What keeps each engine faster than the loop from running this layer now."""
-        return {"fused": [_OBSERVER_BLOCKER] if self._observer is not None else []}
+        observer = [_OBSERVER_BLOCKER] if self._observer is not None else []
+        return {"fused": observer, "triton": observer + triton_engine.blockers(self)}
 
     def _unit_weights(self) -> list[list[Tensor]]:
         return [[getattr(self, n) for n in names] for names in self._all_weights]
@@ -250,6 +252,10 @@ class _TorchCompatible:
                 dropout=self.dropout,
                 training=self.training,
             )
+        elif engine == "triton":
+            states = split_state(hx, len(self._all_weights))
+            output, finals = triton_engine.run(self, prep.x, states, prep.lengths)
+            final = stack_states(finals)
         else:
             output, finals = loop.run_layers(
                 prep.x,
@@ -417,9 +423,8 @@ class Recurrent(nn.Module):
                     "use rnnkit.LSTM/GRU/RNN or standard cells if the variant is not needed",
                 )
             )
-        if self._observer is not None:
-            blockers.append(_OBSERVER_BLOCKER)
-        return {"fused": blockers}
+        observer = [_OBSERVER_BLOCKER] if self._observer is not None else []
+        return {"fused": blockers + observer, "triton": observer + triton_engine.blockers(self)}
 
     def _initial_states(self, x: Tensor) -> list[State]:
         batch = x.shape[1]
@@ -474,6 +479,9 @@ class Recurrent(nn.Module):
                 dropout=self.dropout,
                 training=self.training,
             )
+        elif engine == "triton":
+            output, finals = triton_engine.run(self, prep.x, states, prep.lengths)
+            final = stack_states(finals)
         else:
             step_units = [
                 (c.project_input, c.step) if hasattr(c, "project_input") else (lambda x: x, c)
