@@ -320,3 +320,89 @@ def test_graph_sizes_and_reasons():
     assert "CUDA device" in graphs.usable(True, weights, torch.device("cpu"))
     with pytest.raises(ValueError, match="bytes >= 0"):
         graphs.set_memory_budget(-1)
+
+
+# --------------------------------------------------------------------------------------------
+# The CUDA-graph cache's bookkeeping, on a CPU: a stand-in "graph" whose replay reruns the
+# captured loop and writes its results into the capture's own (static) buffers, as a CUDA
+# graph replay does. What the cache copies in and out is then checked for real.
+
+
+def _write_into(static, fresh) -> None:
+    if isinstance(static, torch.Tensor):
+        static.copy_(fresh)
+    elif isinstance(static, tuple):
+        for s, f in zip(static, fresh, strict=True):
+            _write_into(s, f)
+    elif static is not None:
+        for name in vars(static):
+            _write_into(getattr(static, name), getattr(fresh, name))
+
+
+class _ReplayedGraph:
+    def __init__(self, fn, static) -> None:
+        self.fn, self.static, self.replays = fn, static, 0
+
+    def replay(self) -> None:
+        self.replays += 1
+        _write_into(self.static, self.fn())
+
+
+@pytest.fixture
+def cpu_graphs(kernels, monkeypatch):
+    import contextlib
+
+    captures = []
+
+    def capture(fn):
+        static = fn()
+        captures.append(_ReplayedGraph(fn, static))
+        return captures[-1], static
+
+    monkeypatch.setattr(graphs, "_capture", capture)
+    monkeypatch.setattr(graphs, "usable", lambda graphable, weights, device: None)
+    monkeypatch.setattr(torch.cuda, "device", lambda device: contextlib.nullcontext())
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device=None: 0)
+    graphs.clear()
+    graphs.set_memory_budget(1 << 30)
+    yield captures
+    graphs.clear()
+    graphs.set_memory_budget(None)
+
+
+def test_graph_replays_keep_every_call_its_own_values(cpu_graphs):
+    torch.manual_seed(0)
+    layer = rnnkit.GRU(INPUT, 4, bidirectional=True).double()
+    windows = torch.randn(3, 18, 2, INPUT, dtype=torch.float64).unbind(0)
+
+    def run(engine):
+        layer.engine = engine
+        layer.zero_grad()
+        state, outputs = None, []
+        for window in windows:  # kept windows, the state carried
+            output, state = layer(window, state, lengths=[18, 9])
+            outputs.append(output)
+            state = state.detach()
+        first, second = layer(windows[0])[0], layer(windows[1][:17])[0]  # twice, one backward
+        (sum(o.sum() for o in outputs) + (first * second[:, :1].sum()).sum()).backward()
+        return outputs + [first, second] + [p.grad.clone() for p in layer.parameters()]
+
+    ours = run("triton")
+    assert graphs.cached() == 2  # two directions; T=17 runs the T=18 captures, masked
+    assert len(cpu_graphs) == 4  # per direction a forward and (at the first backward) a backward
+    assert all(graph.replays for graph in cpu_graphs)
+    for a, b in zip(ours, run("loop"), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+
+
+def test_graph_cache_stays_within_its_memory_budget(cpu_graphs, monkeypatch):
+    allocated = iter(range(0, 10**6, 100))  # each capture "holds" 100 bytes
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device=None: next(allocated))
+    graphs.set_memory_budget(250)
+    layer = rnnkit.RNN(INPUT, 4, engine="triton")
+    with torch.no_grad():
+        for steps in (2, 3, 4, 5):  # four shapes, four captures
+            layer(torch.randn(steps, 1, INPUT))
+    assert graphs.cached() == 2 and graphs.held_bytes() == 200  # the two most recent
+    graphs.set_memory_budget(0)
+    assert graphs.cached() == 1  # the newest always stays

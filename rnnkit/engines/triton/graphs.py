@@ -136,7 +136,8 @@ def runner(driver, xp: Tensor, lengths: Tensor, tensors, reverse: bool, save: bo
         return None
     parts = driver.state_parts
     try:
-        entry = Graphed(driver, xp, lengths, tensors[:parts], tensors[parts:], reverse, save)
+        with torch.no_grad():  # the loops write into buffers (out=), as in the autograd function
+            entry = Graphed(driver, xp, lengths, tensors[:parts], tensors[parts:], reverse, save)
     except Exception as error:  # a capture that fails leaves the uncaptured loop, which works
         _failures[key] = f"{type(error).__name__}: {error}"
         while len(_failures) > _MAX_FAILURES:
