@@ -406,3 +406,10 @@ def test_graph_cache_stays_within_its_memory_budget(cpu_graphs, monkeypatch):
     assert graphs.cached() == 2 and graphs.held_bytes() == 200  # the two most recent
     graphs.set_memory_budget(0)
     assert graphs.cached() == 1  # the newest always stays
+
+
+def test_gradient_flow_runs_a_triton_layer_on_the_loop():
+    layer = rnnkit.Recurrent(rnnkit.LayerNormGRUCell(INPUT, 4), engine="triton")
+    flow = rnnkit.gradient_flow(layer, torch.randn(5, 2, INPUT), None, lambda out, y: out[0].sum())
+    assert [steps.shape for steps in flow.per_step.values()] == [(5,)]
+    assert layer.engine == "triton" and layer._observer is None  # restored after the call
