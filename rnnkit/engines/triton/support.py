@@ -123,10 +123,23 @@ def _first_parameter(layer: nn.Module) -> Tensor | None:
     return next(layer.parameters(), None)
 
 
+_KNOWN_CELLS = (
+    rnnkit_cells.LSTMCell,
+    nn.LSTMCell,
+    rnnkit_cells.GRUCell,
+    nn.GRUCell,
+    rnnkit_cells.RNNCell,
+    nn.RNNCell,
+    variants.LayerNormLSTMCell,
+    variants.LayerNormGRUCell,
+    variants.IndRNNCell,
+)
+
+
 def _known_cells(layer: nn.Module) -> list[Reason]:
     if isinstance(layer, nn.RNNBase):
         return []
-    unknown = sorted({type(c).__name__ for c in layer.cells if _cell_unit(c) is None})
+    unknown = sorted({type(c).__name__ for c in layer.cells if type(c) not in _KNOWN_CELLS})
     if not unknown:
         return []
     return [
