@@ -32,7 +32,6 @@ from torch.utils.data import (
     DataLoader,
     RandomSampler,
     Sampler,
-    SequentialSampler,
 )
 
 from rnnkit import distributed as ddp
@@ -144,11 +143,3 @@ def batch_size_of(source) -> int | None:
             return sampler.batch_size
         return getattr(sampler, "batch_size", source.batch_size)
     return getattr(source, "batch_size", None)
-
-
-def plain_order(source) -> bool:
-    """True for a loader over a plain sequential or random sampler (replayable by re-iterating)."""
-    return isinstance(source, DataLoader) and type(source.sampler) in (
-        SequentialSampler,
-        RandomSampler,
-    )

@@ -219,6 +219,7 @@ class Trainer:
         self._reads_override: bool | None = None  # tests force a choice
         self._after_backward: list[Callback] = []
         self._thread: threading.Thread | None = None
+        self._streams: int | None = None  # stateful: rows per batch this epoch
         self._net: nn.Module = model
         self._env: ddp.DistEnv | None = None
         self._flags: ddp.FlagExchange | None = None
@@ -404,6 +405,7 @@ class Trainer:
             batches = iter(train_loader)
         else:
             batches = resume.replay(train_loader, replay)
+        self._streams = None
         self._emit("on_epoch_begin", self.epoch)
         while True:
             if self._at_step_boundary():
@@ -475,6 +477,15 @@ class Trainer:
         batch = Batch(_to_device(batch.x, self.device), batch.y, batch.lengths)
         if not self.stateful:
             return self.forward_fn(self._net, batch)
+        if self._streams is None:
+            self._streams = batch.size
+        elif batch.size != self._streams:
+            raise ValueError(
+                f"stateful training carries one state per stream, so every batch needs the same "
+                f"number of rows: the epoch began with {self._streams}, this batch has "
+                f"{batch.size}. Drop the short last batch (drop_last=True) or use "
+                "rnnkit.bptt_batches"
+            )
         output, state = self.forward_fn(self._net, batch, self.carried_state)
         self.carried_state = detach_state(state)
         return output
@@ -528,6 +539,9 @@ class Trainer:
                 self.scaler.update()
             else:
                 self.optimizer.step()
+        except BaseException:
+            self._update_guard.restore()  # never leave a half-applied update behind
+            raise
         finally:
             self._updating = False
             if factor != 1.0:
