@@ -676,7 +676,7 @@ def test_trainer_bad_model_optimizer_and_data():
         rnnkit.Trainer(lambda x: x, torch.optim.SGD(model.parameters(), lr=0.1), "mse")
     with pytest.raises(TypeError, match="torch.optim.Optimizer"):
         rnnkit.Trainer(model, "adam", "mse")
-    with pytest.raises(TypeError, match="DataLoader or a tuple"):
+    with pytest.raises(TypeError, match="a DataLoader, a batch source .* or a tuple"):
         _trainer().fit([1, 2, 3, 4])
     trainer = _trainer()
     with pytest.raises(ValueError, match="val data: .*x has 4, y has 3"):
