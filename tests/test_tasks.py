@@ -1,6 +1,7 @@
 import importlib.util
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -236,7 +237,7 @@ def test_japanese_vowels_agrees_with_sktimes_own_reader():
     x, y, lengths = tasks.japanese_vowels("test")
     assert y.tolist() == [int(label) - 1 for label in labels]
     for i in (0, 100, 369):
-        theirs = torch.tensor([frame.iloc[i, d].to_numpy() for d in range(12)]).T
+        theirs = torch.from_numpy(np.stack([frame.iloc[i, d].to_numpy() for d in range(12)], 1))
         assert theirs.shape[0] == int(lengths[i])
         torch.testing.assert_close(x[i, : lengths[i]], theirs.float())
 
