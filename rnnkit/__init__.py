@@ -31,6 +31,7 @@ from rnnkit.clipping import (
     clip_gradients,
     first_nonfinite_gradient,
 )
+from rnnkit.compare import Comparison, compare_cells
 from rnnkit.diagnostics import GradientFlow, gradient_flow, saturation, spectral_radius
 from rnnkit.errors import InputError
 from rnnkit.init import init_recurrent
@@ -184,4 +185,6 @@ __all__ = [
     "class_balanced_weights",
     "focal_loss",
     "recall_per_class",
+    "Comparison",
+    "compare_cells",
 ]
