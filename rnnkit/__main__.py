@@ -149,19 +149,9 @@ def parser() -> argparse.ArgumentParser:
     return main
 
 
-def compare(args: argparse.Namespace):
-    """``rnnkit.compare_cells`` with the parsed options of ``compare``."""
-    return compare_cells(
-        args.cells,
-        args.task,
-        seq_len=args.seq_len,
-        steps=args.steps,
-        hidden=args.hidden,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        grad_clip=args.grad_clip,
-        seed=args.seed,
-    )
+def compare_options(args: argparse.Namespace) -> dict:
+    """The keyword arguments of ``rnnkit.compare_cells`` among parsed ``compare`` options."""
+    return {name: value for name, value in vars(args).items() if name in DEFAULTS}
 
 
 def save_plot(comparison, path: str) -> None:
@@ -180,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "info":
         print(format_environment())
         return 0
-    comparison = compare(args)
+    comparison = compare_cells(**compare_options(args))
     print(comparison)
     if args.plot:
         save_plot(comparison, args.plot)

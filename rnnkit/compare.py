@@ -17,7 +17,6 @@ HTML for notebooks).
 
 from __future__ import annotations
 
-import html
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -29,6 +28,7 @@ from torch import Tensor
 from rnnkit import names, tasks
 from rnnkit.models import LAYERS, SequenceModel
 from rnnkit.seeding import seed_everything
+from rnnkit.tables import Table
 from rnnkit.train import Trainer
 
 
@@ -119,8 +119,8 @@ class CellResult:
 
 @dataclass
 class Comparison:
-    """What :func:`compare_cells` measured; ``str()`` is a text table, and notebooks show it as
-    an HTML table (Markdown where HTML is not shown)."""
+    """What :func:`compare_cells` measured. ``print()`` gives a text table; a notebook shows
+    an HTML table (:meth:`table` is the :class:`rnnkit.tables.Table`)."""
 
     task: str
     seq_len: int
@@ -149,58 +149,32 @@ class Comparison:
             note += f"; {self.metric_name}: {self.metric_help}"
         return note
 
-    def rows(self) -> tuple[list[str], list[list[str]]]:
-        """The table as text cells: (header, rows), the baseline last."""
+    def table(self) -> Table:
+        """The results as a :class:`rnnkit.tables.Table`, the baseline as the last row."""
         header = ["cell", "params", "held-out loss"]
         header += [self.metric_name] if self.metric_name else []
         header += ["time (s)"]
-        body = []
+        rows = []
         for r in self.results:
-            line = [r.cell, f"{r.params:,}", f"{r.loss:.4f}"]
+            row = [r.cell, f"{r.params:,}", f"{r.loss:.4f}"]
             if self.metric_name:
-                line.append("-" if r.metric is None else f"{r.metric:.3f}")
-            body.append([*line, f"{r.seconds:.1f}"])
+                row.append("-" if r.metric is None else f"{r.metric:.3f}")
+            rows.append([*row, f"{r.seconds:.1f}"])
         baseline = ["baseline", "-", f"{self.baseline:.4f}"]
-        baseline += ["-"] if self.metric_name else []
-        body.append([*baseline, "-"])
-        return header, body
-
-    def to_markdown(self) -> str:
-        header, body = self.rows()
-        lines = [self.title, "", "| " + " | ".join(header) + " |"]
-        lines.append("| --- " + "| ---: " * (len(header) - 1) + "|")
-        lines += ["| " + " | ".join(row) + " |" for row in body]
-        return "\n".join([*lines, "", self.note])
+        rows.append(baseline + ["-"] * (len(header) - len(baseline)))
+        return Table(header, rows, title=self.title, note=self.note)
 
     def __str__(self) -> str:
-        header, body = self.rows()
-        widths = [max(len(row[i]) for row in [header, *body]) for i in range(len(header))]
+        return str(self.table())
 
-        def fmt(row: list[str]) -> str:  # first column left, numbers right
-            pairs = enumerate(zip(row, widths, strict=True))
-            return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in pairs)
-
-        lines = [self.title, fmt(header), "  ".join("-" * w for w in widths)]
-        return "\n".join([*lines, *(fmt(row) for row in body), self.note])
+    def _repr_pretty_(self, printer, cycle: bool) -> None:
+        printer.text(str(self))
 
     def _repr_markdown_(self) -> str:
-        return self.to_markdown()
+        return self.table().to_markdown()
 
     def _repr_html_(self) -> str:
-        header, body = self.rows()
-
-        def cell(tag: str, i: int, text: str) -> str:
-            align = "left" if i == 0 else "right"
-            return f"<{tag} style='text-align:{align}'>{html.escape(text)}</{tag}>"
-
-        head = "".join(cell("th", i, h) for i, h in enumerate(header))
-        rows = "".join(
-            "<tr>" + "".join(cell("td", i, c) for i, c in enumerate(row)) + "</tr>" for row in body
-        )
-        return (
-            f"<div><p>{html.escape(self.title)}</p><table><thead><tr>{head}</tr></thead>"
-            f"<tbody>{rows}</tbody></table><p><small>{html.escape(self.note)}</small></p></div>"
-        )
+        return self.table()._repr_html_()
 
     def plot(self, ax) -> None:
         """Draw each cell's training-loss curve and the baseline on a matplotlib ``ax``."""
