@@ -25,6 +25,8 @@ import rnnkit
 from benchmarks.common import markdown_table, row, write_json
 from rnnkit.widgets import TrainingPanel
 
+REPEAT = 7  # rounds of the three runs, after one warm-up round
+
 
 def _trainer(input_size: int, hidden: int, device: torch.device) -> rnnkit.Trainer:
     torch.manual_seed(0)
@@ -57,51 +59,77 @@ def _case(
     panels = {"block": blocking, "background": background}
     timings: dict[str, list[float]] = {label: [] for label in runs}
     watcher: dict[str, list[float]] = {label: [] for label in panels}
-    for i in range(repeat + 1):  # the first round warms up all three
-        for label, fn in runs.items():
+    order = list(runs)
+    for i in range(repeat + 1):  # round 0 warms up all three
+        for label in order[i % 3 :] + order[: i % 3]:  # each run first, second, third in turn
             sync()
             start = time.perf_counter()
-            fn()
+            runs[label]()
             sync()
             seconds = time.perf_counter() - start
             if i:
                 timings[label].append(seconds * 1e3)
                 if label in panels:
                     watcher[label].append(panels[label].watcher_cpu / seconds)
-    bare_ms = statistics.median(timings["bare"])
     losses = [t.history.step_values("loss") for t in (bare, blocking.trainer, background.trainer)]
     cases = (
         ("panel.fit(block=True)", "block", blocking),
         ("Start button", "background", background),
     )
-    return [
-        row(
-            "ui_overhead",
-            f"{name}, {title}",
-            statistics.median(timings[label]),
-            "Trainer without panel",
-            bare_ms,
-            "<= 1.05x",
-            device=str(device),
-            steps=epochs * batches,
-            redraws_per_run=round(panel.redraws / (repeat + 1), 1),
-            watcher_cpu_fraction=round(statistics.median(watcher[label]), 4),
-            same_losses=losses[0] == losses[1] == losses[2],
+    rows = []
+    for title, label, panel in cases:
+        ratios = [p / b for p, b in zip(timings[label], timings["bare"], strict=True)]
+        rows.append(
+            row(
+                "ui_overhead",
+                f"{name}, {title}",
+                statistics.median(timings[label]),
+                "Trainer without panel",
+                statistics.median(timings["bare"]),
+                "<= 1.05x",
+                device=str(device),
+                steps=epochs * batches,
+                rounds=repeat,
+                round_ratios=[round(r, 4) for r in ratios],
+                ratio_median=round(statistics.median(ratios), 4),
+                ratio_spread=[round(min(ratios), 4), round(max(ratios), 4)],
+                redraws_per_run=round(panel.redraws / (repeat + 1), 1),
+                watcher_cpu_fraction=round(statistics.median(watcher[label]), 4),
+                same_losses=losses[0] == losses[1] == losses[2],
+            )
         )
-        for title, label, panel in cases
-    ]
+    return rows
 
 
 def run(quick: bool = False) -> list[dict]:
     if quick:
         return _case("LSTM T=10 B=8 H=16, 3 steps", 1, 3, 8, 10, 16, repeat=1)
     return [
-        *_case("LSTM T=50 B=32 H=64, 4 epochs of 100 steps", 4, 100, 32, 50, 64, repeat=3),
-        *_case("LSTM T=100 B=64 H=256, 4 epochs of 20 steps", 4, 20, 64, 100, 256, repeat=3),
+        *_case("LSTM T=50 B=32 H=64, 4 epochs of 100 steps", 4, 100, 32, 50, 64, repeat=REPEAT),
+        *_case("LSTM T=100 B=64 H=256, 2 epochs of 20 steps", 2, 20, 64, 100, 256, repeat=REPEAT),
     ]
 
 
+def spread_table(rows: list[dict]) -> str:
+    """Per case: the median of the per-round ratios and their range."""
+    lines = ["| case | ratio, median of rounds | min - max | rounds | watcher CPU / wall |"]
+    lines.append("| --- | ---: | ---: | ---: | ---: |")
+    for r in rows:
+        low, high = r["ratio_spread"]
+        lines.append(
+            f"| {r['case']} | {r['ratio_median']:.3f}x | {low:.3f}x - {high:.3f}x | "
+            f"{r['rounds']} | {r['watcher_cpu_fraction']:.1%} |"
+        )
+    return "\n".join(lines)
+
+
 if __name__ == "__main__":
+    import sys
+
+    if "--threads" in sys.argv:
+        torch.set_num_threads(int(sys.argv[sys.argv.index("--threads") + 1]))
     rows = run()
     print(markdown_table(rows))
+    print()
+    print(spread_table(rows))
     write_json(rows, "benchmarks/results/ui_overhead.json")
