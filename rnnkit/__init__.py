@@ -36,6 +36,7 @@ from rnnkit.diagnostics import GradientFlow, gradient_flow, saturation, spectral
 from rnnkit.errors import InputError
 from rnnkit.init import init_recurrent
 from rnnkit.kerasfit import fit
+from rnnkit.loggers import CSVLogger, TensorBoardLogger
 from rnnkit.losses import (
     UncertaintyWeighting,
     balanced_accuracy,
@@ -187,4 +188,6 @@ __all__ = [
     "recall_per_class",
     "Comparison",
     "compare_cells",
+    "CSVLogger",
+    "TensorBoardLogger",
 ]

@@ -1,7 +1,16 @@
-"""The whole Jupyter layer once, end to end: JupyterLab in a real browser (Debian's Chromium,
-driven by Playwright) runs a notebook with a TrainingPanel; the test clicks Start, sees the
-step count advance, clicks Stop, and checks the status and an idle kernel. A screenshot is
-saved to artifacts/browser_panel.png."""
+"""The whole Jupyter layer once, end to end, in a real browser (Debian's Chromium, driven by
+Playwright).
+
+* JupyterLab runs a notebook with a TrainingPanel; the test clicks Start, sees the step count
+  advance, types a learning rate ten times lower into the slider's readout, sees the lr chart
+  rescale to show it, clicks Stop, and checks the status and an idle kernel. Screenshots:
+  artifacts/browser_panel.png (the page at the end), artifacts/browser_panel_lr.png (the panel
+  after the lr change).
+* A stored notebook as GitHub shows it: nbconvert to HTML with the widget-view output type
+  ignored and no widget manager (offline: every request but the file itself is refused);
+  the widgets must read as their text/HTML fallbacks, never as ``VBox(children=...``.
+  Screenshots: artifacts/stored_<notebook>.png.
+"""
 
 import json
 import os
@@ -195,3 +204,73 @@ def test_panel_in_jupyterlab(lab, tmp_path):
             page.screenshot(path=str(ARTIFACTS / "browser_panel.png"), full_page=True)
             context.close()
     shutil.rmtree(tmp_path / "chromium-profile", ignore_errors=True)
+
+
+def _without_widget_views(notebook):
+    """The notebook as a front-end without a widget manager reads it (GitHub)."""
+    notebook.metadata.pop("widgets", None)
+    for cell in notebook.cells:
+        for output in cell.get("outputs", []):
+            output.get("data", {}).pop("application/vnd.jupyter.widget-view+json", None)
+    return notebook
+
+
+def render_offline(notebook_path: Path, html_path: Path, screenshot: Path) -> str:
+    """nbconvert ``notebook_path`` to HTML without widget views; screenshot it in Chromium
+    with every request but the page itself refused. Returns the page's visible text."""
+    from nbconvert import HTMLExporter
+
+    sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright")
+    notebook = _without_widget_views(nbformat.read(notebook_path, as_version=4))
+    body, _ = HTMLExporter(template_name="lab").from_notebook_node(notebook)
+    html_path.write_text(body, encoding="utf-8")
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS
+        )
+        try:
+            page = browser.new_page(viewport={"width": 1100, "height": 900})
+            page.route(
+                "**/*",
+                lambda route: (
+                    route.continue_() if route.request.url.startswith("file:") else route.abort()
+                ),
+            )
+            page.goto(html_path.as_uri(), wait_until="load", timeout=60_000)
+            page.screenshot(path=str(screenshot), full_page=True)
+            return page.inner_text("body")
+        finally:
+            browser.close()
+
+
+STORED = {
+    "11_training_controls.ipynb": [
+        "TrainingPanel: SequenceModel",
+        "rnnkit training run: finished at epoch 4/4",
+        "GradientFlowExplorer: cell rnn",
+        "PaddingExplorer: lengths long-tailed",
+        "HiddenStateExplorer: sequence 0",
+    ],
+    "04_choosing_size.ipynb": ["Sweep controls: layers (1, 2)"],
+}
+
+
+@pytest.mark.parametrize("name", sorted(STORED))
+def test_stored_notebook_reads_well_without_a_kernel(name, tmp_path):
+    ARTIFACTS.mkdir(exist_ok=True)
+    stem = name.split(".")[0]
+    text = render_offline(
+        ROOT / "notebooks" / name,
+        tmp_path / f"{stem}.html",
+        ARTIFACTS / f"stored_{stem}.png",
+    )
+    assert "VBox(children" not in text and "HBox(children" not in text
+    for expected in STORED[name]:
+        assert expected in text, f"{expected!r} is not shown"
+    html = (tmp_path / f"{stem}.html").read_text(encoding="utf-8")
+    if name.startswith("11"):
+        # the panel's fallback repeats no chart: one PNG per finished panel run, below it
+        panel_cell = html.split("history = panel.fit(block=True)", 1)[1].split(
+            "print(panel.summary)"
+        )[0]
+        assert panel_cell.count("data:image/png") == 1
