@@ -63,6 +63,30 @@ panel = TrainingPanel(trainer, (x, y), epochs=1000, batch_size=16, redraw_interv
 panel"""
 
 
+# Rows of the chart's right third (the lr panel) that hold a horizontal run of the lr line's
+# green (tab:green): one level per learning rate the line shows inside the axis.
+LR_LEVELS = """img => {
+  const canvas = document.createElement("canvas");
+  canvas.width = img.naturalWidth;
+  canvas.height = img.naturalHeight;
+  const context = canvas.getContext("2d");
+  context.drawImage(img, 0, 0);
+  const data = context.getImageData(0, 0, canvas.width, canvas.height).data;
+  const levels = [];
+  for (let y = 0; y < canvas.height; y++) {
+    let green = 0;
+    for (let x = Math.floor((canvas.width * 2) / 3); x < canvas.width; x++) {
+      const i = (y * canvas.width + x) * 4;
+      if (Math.abs(data[i] - 44) < 40 && Math.abs(data[i + 1] - 160) < 40 && data[i + 2] < 90) {
+        green++;
+      }
+    }
+    if (green >= 10 && (levels.length === 0 || y - levels[levels.length - 1] > 6)) levels.push(y);
+  }
+  return levels;
+}"""
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -191,11 +215,49 @@ def test_panel_in_jupyterlab(lab, tmp_path):
                 "img => img.naturalWidth > 0", arg=chart.element_handle(), timeout=30_000
             )
             idle.wait_for(timeout=10_000)  # training in the background leaves the kernel free
+            live_size = chart.bounding_box()
+
+            # Type a learning rate ten times lower into the slider's readout, as a user would;
+            # the lr panel must rescale to show the drop (the old chart sent it off the axis).
+            drawn = chart.get_attribute("src")
+            readout = page.locator(".widget-slider", has_text="learning rate").locator(
+                ".widget-readout"
+            )
+            readout.click()
+            page.keyboard.press("Control+A")
+            page.keyboard.type("1.00e-3")
+            page.keyboard.press("Enter")
+            page.wait_for_function(
+                "([img, old]) => img.src !== old && img.naturalWidth > 0",
+                arg=[chart.element_handle(), drawn],
+                timeout=60_000,
+            )
+            page.wait_for_function(  # a redraw with steps at the new lr in it
+                "([img, old]) => img.src !== old",
+                arg=[chart.element_handle(), chart.get_attribute("src")],
+                timeout=60_000,
+            )
+            levels = page.evaluate(LR_LEVELS, chart.element_handle())
+            panel_box = page.locator(".jp-OutputArea-output", has=chart).first
+            panel_box.screenshot(path=str(ARTIFACTS / "browser_panel_lr.png"))
+            assert len(levels) >= 2, f"the lr line shows {levels}: the drop is off the axis"
+            checkbox = page.locator(".widget-checkbox", has_text="clip").bounding_box()
+            clip_slider = page.locator(".widget-slider", has_text="max grad norm").bounding_box()
+            gap = clip_slider["x"] - (checkbox["x"] + checkbox["width"])
+            assert gap < 40, f"{gap:.0f} px between the clip box and its slider"
 
             page.locator("button.widget-button", has_text="Stop").click()
             page.locator(".widget-html-content", has_text="stopped").wait_for(timeout=30_000)
             summary = page.get_by_text("rnnkit training run: stopped")
             summary.wait_for(timeout=30_000)  # the static summary written under the panel
+            page.get_by_text("lr set during training: 0.001 at step").wait_for(timeout=30_000)
+            final = page.locator(".jp-RenderedImage img").last
+            final.wait_for(timeout=30_000)
+            final_size = final.bounding_box()
+            assert (final_size["width"], final_size["height"]) == (
+                live_size["width"],
+                live_size["height"],
+            ), "the final chart has the live chart's size"
             assert start.is_enabled()
             idle.wait_for(timeout=10_000)
             kernels = _get_json(f"{base}/api/kernels?token={token}")

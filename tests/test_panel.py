@@ -2,6 +2,7 @@
 
 import ctypes
 import os
+import threading
 import time
 from pathlib import Path
 
@@ -303,23 +304,41 @@ def test_chart_reads_incrementally_and_places_validation_at_epoch_ends():
     assert len(chart.loss_line.get_xdata()) == 3
 
 
+def _held_at_start(panel: TrainingPanel) -> threading.Event:
+    """Hold a panel's background run before ``trainer.fit`` begins until the event is set, so
+    that a request made meanwhile surely comes before the trainer clears its flags."""
+    gate = threading.Event()
+    fit = panel._fit
+
+    def held_fit():
+        assert gate.wait(timeout=120)
+        fit()
+
+    panel._fit = held_fit
+    return gate
+
+
 def test_stop_right_after_start_is_not_lost():
     trainer, _, data = small_run()
     panel = TrainingPanel(trainer, data, epochs=100000, batch_size=8)
+    gate = _held_at_start(panel)
     panel.start()
-    panel.stop()  # most likely before the trainer has begun
+    panel.stop()  # before the trainer has begun (it waits for the gate)
+    gate.set()
     assert panel.wait(timeout=120)
-    assert trainer.status == "stopped" and trainer.step <= 1
+    assert trainer.status == "stopped" and trainer.step == 0
 
 
 def test_pause_right_after_start_is_not_lost():
     trainer, optimizer, data = small_run()
     panel = TrainingPanel(trainer, data, epochs=100000, batch_size=8)
+    gate = _held_at_start(panel)
     panel.start()
-    panel.pause()  # most likely before the trainer has begun
+    panel.pause()  # before the trainer has begun (it waits for the gate)
+    gate.set()
     try:
         wait_for(lambda: trainer.status == "paused", "the pause")
-        assert len(optimizer.seen) <= 1
+        assert optimizer.seen == []
     finally:
         panel.stop()
         assert panel.wait(timeout=120)
