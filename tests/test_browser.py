@@ -59,7 +59,9 @@ rnnkit.seed_everything(0)
 x, y = rnnkit.tasks.adding_problem(256, 20)
 model = rnnkit.SequenceModel(2, 16, 1, cell="lstm")
 trainer = rnnkit.Trainer(model, torch.optim.Adam(model.parameters(), lr=1e-2), "mse")
-panel = TrainingPanel(trainer, (x, y), epochs=1000, batch_size=16, redraw_interval=0.2)
+panel = TrainingPanel(
+    trainer, (x, y), epochs=1000, batch_size=16, redraw_interval=0.2, render_budget=0.25
+)
 panel"""
 
 

@@ -79,8 +79,9 @@ class TrainingPanel(StaticFallback):
     included, stays within ``render_budget`` of the wall time. A redraw costs tens of
     milliseconds of Python that holds the interpreter lock (matplotlib's text layout), time the
     training thread's own Python waits for: the budget is the panel's cost to the run. So the
-    first live chart comes after about two seconds (2 x 37 ms at 3%), a run shorter than that
-    shows only its final chart, and a long one is redrawn every second or so.
+    first live chart comes after about four seconds (2 x 37 ms at 2%), a run shorter than that
+    shows only its final chart, and a long one is redrawn every two seconds or so; status and
+    progress change five times a second meanwhile (each update also takes the lock, briefly).
 
     When a run ends the watcher draws the chart a last time and writes a static image of it and
     a text summary into the notebook output below the panel (display-id updates; the live chart
@@ -116,8 +117,8 @@ class TrainingPanel(StaticFallback):
         lr_range: tuple[float, float] | None = None,
         clip_range: tuple[float, float] | None = None,
         redraw_interval: float = 0.25,
-        render_budget: float = 0.03,
-        tick: float = 0.1,
+        render_budget: float = 0.02,
+        tick: float = 0.2,
     ) -> None:
         if not isinstance(trainer, rnnkit.Trainer):
             raise TypeError(f"trainer must be an rnnkit.Trainer, got {type(trainer).__name__}")
@@ -363,16 +364,17 @@ class TrainingPanel(StaticFallback):
         self.watcher_cpu = time.thread_time() - began
 
     def _draw(self, live: bool = True) -> float:
-        """Render the chart (into the live image when ``live``); returns the CPU seconds it
-        took in this thread: the time it held the interpreter lock, not the wall time that a
-        busy machine stretches."""
-        began = time.thread_time()
+        """Render the chart (into the live image when ``live``); returns the seconds it took.
+        Wall time, not this thread's CPU time: the watcher holds the interpreter lock for most
+        of a draw, also while a busy machine has it descheduled, and all that time the training
+        thread's Python waits."""
+        began = time.perf_counter()
         self.chart_png = self._chart.render()
         if live:
             self.chart_image.value = self.chart_png
             self._set(self.chart_image.layout, "display", None)
         self.redraws += 1
-        self._draw_cost = time.thread_time() - began
+        self._draw_cost = time.perf_counter() - began
         return self._draw_cost
 
     @staticmethod
