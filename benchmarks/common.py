@@ -20,6 +20,11 @@ import torch
 QUICK_TARGET = "not measured at this size (--quick)"
 
 
+class Skipped(Exception):
+    """Raised by a script's ``run`` that cannot run here (e.g. no GPU); the message says why.
+    ``python -m benchmarks`` reports the script as skipped, not failed."""
+
+
 def time_ms(fn: Callable[[], object], *, repeat: int = 10, warmup: int = 2) -> float:
     """Median wall time of ``fn()`` in milliseconds (CUDA synchronised when in use)."""
     sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
@@ -99,9 +104,10 @@ def markdown_table(rows: list[dict], quick: bool = False) -> str:
     return "\n".join(lines)
 
 
-def write_json(rows: list[dict], path: str | Path) -> None:
-    """Rows, with the device and versions, as JSON."""
+def write_json(rows: list[dict], path: str | Path, **meta_extra) -> None:
+    """Rows, with the device and versions (and ``meta_extra``), as JSON."""
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
     meta = {"torch": torch.__version__, "device": device, "threads": torch.get_num_threads()}
+    meta.update(meta_extra)
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))

@@ -20,6 +20,7 @@ from rnnkit.callbacks import (
 )
 from rnnkit.cells import GRUCell, LSTMCell, RecurrentCell, RNNCell
 from rnnkit.checkpoint import (
+    NonFiniteCheckpointError,
     export_safetensors,
     import_safetensors,
     load_checkpoint,
@@ -116,6 +117,7 @@ __all__ = [
     "LRFinderResult",
     "LRSchedule",
     "ModelCheckpoint",
+    "NonFiniteCheckpointError",
     "NonFiniteError",
     "NonFiniteGuard",
     "ProgressBar",

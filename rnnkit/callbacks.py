@@ -12,12 +12,19 @@ The trainer calls, in order, for every callback in its list::
     on_exception(trainer, exc)              # the run failed; exc is re-raised afterwards
     on_fit_end(trainer)                     # always last, whatever the ending (see trainer.status)
 
-``logs`` are plain dicts. Per batch: ``step`` (0-based, over the whole run), ``epoch``, ``batch``
-(0-based within the epoch), ``loss``, ``grad_norm`` (before clipping), ``lr``, ``batch_size``,
-``time`` (seconds for the step), ``skipped`` when the update was skipped, and each metric.
-Per epoch: ``epoch``, ``loss``, ``val_loss`` (with validation data), ``metrics`` (a dict;
-validation values are prefixed ``val_``), ``lr``, ``time``, ``steps``, ``skipped``.
-A callback that keeps state across a resume defines ``state_dict()`` / ``load_state_dict()``.
+``logs`` are plain dicts of floats. Per batch: ``step`` (0-based, over the whole run), ``epoch``,
+``batch`` (0-based within the epoch), ``loss``, ``grad_norm`` (before clipping), ``lr`` (the rate
+the update used), ``batch_size``, ``time`` (seconds for the step), ``skipped`` when the update was
+skipped or undone, and each metric. Per epoch: ``epoch``, ``loss``, ``val_loss`` (with validation
+data), ``metrics`` (a dict; validation values are prefixed ``val_``), ``lr``, ``time``, ``steps``,
+``skipped``. A callback that keeps state across a resume defines ``state_dict()`` /
+``load_state_dict()``.
+
+``on_after_backward`` runs only for callbacks that define it, with the step's values read from
+the device; setting ``logs["skipped"] = True`` there skips the update. On a GPU the trainer may
+call ``on_batch_end`` one step late (while the next step is in flight) when every callback has
+``deferrable = True``, as rnnkit's own do; a callback without it that defines ``on_batch_end``
+gets every step at once.
 """
 
 from __future__ import annotations
@@ -32,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from rnnkit.clipping import NonFiniteError, first_nonfinite_gradient
+from rnnkit.clipping import NonFiniteError
 
 if TYPE_CHECKING:
     from rnnkit.train import Trainer
@@ -40,6 +47,8 @@ if TYPE_CHECKING:
 
 class Callback:
     """Base class: every event is a no-op; override the ones you need."""
+
+    deferrable = False  # on_batch_end may run one step late (see the module doc)
 
     def on_fit_begin(self, trainer: Trainer) -> None: ...
     def on_epoch_begin(self, trainer: Trainer, epoch: int) -> None: ...
@@ -80,6 +89,8 @@ class History(Callback):
     ``history["val_loss"]`` is the per-epoch list of a key (metrics included);
     :meth:`step_values` gives a per-step list. :meth:`to_dict` / :meth:`to_json` give plain types.
     """
+
+    deferrable = True
 
     def __init__(self) -> None:
         self.steps: list[dict] = []
@@ -153,15 +164,21 @@ class History(Callback):
 
 
 class NonFiniteGuard(Callback):
-    """Stop or skip a step whose loss or gradient norm is NaN or infinite.
+    """What a non-finite step does: ``policy="stop"`` (raise) or ``"skip"`` (go on).
 
-    ``policy="stop"``: raise :class:`NonFiniteError` naming the step, the batch and the first
-    parameter whose gradient is not finite; the update is not applied, so the parameters are
-    those before that step. ``policy="skip"``: the update is skipped and counted in
-    ``self.skipped`` (and ``trainer.skipped_steps``, ``logs["skipped"]``).
-    With a mixed-precision ``GradScaler`` an overflow in the gradients alone is the scaler's to
-    handle (it skips that update and lowers its scale); a non-finite loss still triggers.
+    A step is non-finite when its loss, its gradient norm, or a parameter after its update is NaN
+    or infinite. Either way the update is undone bit-exactly (:class:`rnnkit.update_guard.
+    UpdateGuard`: the parameters and optimizer state are those before the step, the LR schedule
+    does not advance, the step is recorded with ``skipped``), so the parameters are never left
+    non-finite. ``"stop"`` then raises :class:`NonFiniteError` naming the step, the batch and the
+    first parameter whose gradient is not finite; ``"skip"`` counts it in ``self.skipped`` (and
+    ``trainer.skipped_steps``, ``logs["skipped"]``). With a mixed-precision ``GradScaler`` an
+    overflow in the gradients alone is the scaler's to handle (it skips that update and lowers
+    its scale); a non-finite loss or parameter still counts. On a GPU the step may be reported
+    one step late (the trainer reads it before the next update): the error names the step.
     """
+
+    deferrable = True
 
     def __init__(self, policy: str = "stop") -> None:
         if policy not in ("stop", "skip"):
@@ -169,26 +186,30 @@ class NonFiniteGuard(Callback):
         self.policy = policy
         self.skipped = 0
 
-    def on_after_backward(self, trainer: Trainer, logs: dict) -> None:
-        loss_ok = math.isfinite(logs["loss"])
-        if loss_ok and (math.isfinite(logs["grad_norm"]) or trainer.scaler_enabled):
-            return
+    def on_skipped(self, trainer: Trainer, logs: dict, culprit: str | None) -> None:
+        """Called by the trainer for a step found non-finite (its update already undone)."""
         if self.policy == "skip":
-            logs["skipped"] = True
             self.skipped += 1
             return
-        culprit = first_nonfinite_gradient(trainer.model)
         trainer.optimizer.zero_grad(set_to_none=True)
-        where = (
-            f"first non-finite gradient: {culprit}"
-            if culprit
-            else "all parameter gradients are finite"
-        )
+        finite_inputs = math.isfinite(logs["loss"]) and math.isfinite(logs["grad_norm"])
+        if finite_inputs:
+            where = (
+                "the loss and gradients were finite, but the update made "
+                f"{culprit or 'a parameter'} non-finite (the learning rate is too large?)"
+            )
+        else:
+            where = (
+                f"first non-finite gradient: {culprit}"
+                if culprit
+                else ("all parameter gradients are finite")
+            )
         raise NonFiniteError(
             f"non-finite training step {logs['step']} (epoch {logs['epoch']}, batch "
             f"{logs['batch']}): loss={logs['loss']}, grad_norm={logs['grad_norm']}; {where}. "
-            "The update was not applied. Lower the learning rate, clip gradients "
-            "(grad_clip=...), or pass nonfinite='skip' to skip such steps."
+            "The update was undone: the parameters are those before that step. Lower the "
+            "learning rate, clip gradients (grad_clip=...), or pass nonfinite='skip' to skip "
+            "such steps."
         )
 
     def state_dict(self) -> dict:
@@ -236,8 +257,10 @@ class LRSchedule(Callback):
             )
         self.scheduler, self.interval, self.monitor = scheduler, interval, monitor
 
+    deferrable = True
+
     def on_batch_end(self, trainer: Trainer, logs: dict) -> None:
-        if self.interval == "batch" and trainer.scheduler_active:
+        if self.interval == "batch" and trainer.scheduler_active and not logs.get("skipped"):
             self.scheduler.step()
 
     def on_epoch_end(self, trainer: Trainer, logs: dict) -> None:
@@ -312,8 +335,12 @@ class ModelCheckpoint(Callback):
     ``last.pt`` after every epoch (and every ``every_steps`` steps if set), ``best.pt`` when
     ``monitor`` improves (a NaN never does), ``interrupted.pt`` when the run is stopped or
     interrupted at a step boundary. Each one is a full checkpoint that ``trainer.fit(...,
-    resume=path)`` continues exactly. In a distributed run only rank 0 writes.
+    resume=path)`` continues exactly. In a distributed run only rank 0 writes. A checkpoint is
+    never written with a non-finite parameter (:func:`rnnkit.save_checkpoint` refuses it and the
+    previous file stays).
     """
+
+    deferrable = True
 
     def __init__(
         self,
@@ -356,12 +383,30 @@ class ModelCheckpoint(Callback):
         self.best = state["best"]
 
 
+class EpochPrinter(Callback):
+    """One line per epoch (``rnnkit.fit(verbose=2)``, as in Keras): the epoch, its loss, the
+    validation loss and metrics, and its time. Only rank 0 prints in a distributed run."""
+
+    deferrable = True
+
+    def on_epoch_end(self, trainer: Trainer, logs: dict) -> None:
+        if not trainer.is_main_process:
+            return
+        parts = [f"epoch {logs['epoch'] + 1}/{trainer.epochs}", f"loss {logs['loss']:.4g}"]
+        if "val_loss" in logs:
+            parts.append(f"val_loss {logs['val_loss']:.4g}")
+        parts += [f"{k} {v:.4g}" for k, v in logs.get("metrics", {}).items()]
+        print(" - ".join(parts) + f" - {logs['time']:.1f}s", flush=True)
+
+
 class ProgressBar(Callback):
     """A ``tqdm.auto`` bar over the run's steps: a notebook widget in Jupyter, text elsewhere.
 
     Shows the epoch and, refreshed at most every ``refresh`` seconds, the loss, learning rate and
     the last validation loss. Only rank 0 shows it in a distributed run.
     """
+
+    deferrable = True
 
     def __init__(self, refresh: float = 0.25) -> None:
         self.refresh = refresh

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 
 import torch
@@ -9,7 +10,8 @@ from torch import Tensor, nn
 
 from rnnkit import names
 from rnnkit.batches import check_tensors, first_tensor
-from rnnkit.callbacks import History
+from rnnkit.callbacks import EpochPrinter, History
+from rnnkit.loaders import is_batch_source
 from rnnkit.seeding import seed_everything
 from rnnkit.train import Trainer
 
@@ -31,40 +33,71 @@ def fit(
     callbacks=(),
     schedule: str | None = None,
     grad_clip: float | None = None,
-    shuffle: bool = True,
+    shuffle: bool | None = None,
+    drop_last: bool = False,
     seed: int | None = None,
     device: str | torch.device | None = None,
     progress: bool = True,
+    verbose: int | None = None,
+    resume=None,
+    max_steps: int | None = None,
     **trainer_kwargs,
 ) -> History:
     """Train ``model`` on tensors in one call, Keras-style; returns the :class:`History`.
 
-    ``validation_split`` in (0, 1) holds out the *last* fraction of the samples (before
-    shuffling) for validation; or pass ``validation_data=(x, y[, lengths])``. ``optimizer`` and
-    ``loss`` are names (:mod:`rnnkit.names`) or objects; ``schedule="one_cycle"`` steps
-    ``OneCycleLR`` (peak ``lr``) per batch, ``"cosine"`` anneals per batch to 0. ``seed`` calls
+    ``x`` may also be a batch source such as :func:`rnnkit.bptt_batches`' language-model
+    windows, with ``y=None``. ``validation_split`` in (0, 1) holds out the *last* fraction of
+    the samples (before shuffling) for validation; or pass ``validation_data=(x, y[, lengths])``.
+    ``optimizer`` and ``loss`` are names (:mod:`rnnkit.names`) or objects;
+    ``schedule="one_cycle"`` steps ``OneCycleLR`` (peak ``lr``) per batch, ``"cosine"`` anneals
+    per batch to 0. ``seed`` calls
     :func:`rnnkit.seed_everything` first: it fixes the shuffling, dropout and every other draw
     from here on, not the model's initial weights, which were drawn when the model was built
     (call ``seed_everything`` before building it for a run that repeats exactly).
-    ``device=None`` picks CUDA when available. Other keyword arguments go to :class:`Trainer`.
+    ``device=None`` picks CUDA when available. ``verbose`` (Keras' name): 0 silent, 1 a progress
+    bar (``progress=True``, the default), 2 one line per epoch. ``resume`` continues a run from a
+    checkpoint (see :meth:`Trainer.fit`); ``drop_last`` drops the last short batch (and decides
+    how a distributed run splits an uneven data set: :mod:`rnnkit.distributed`); ``shuffle``
+    defaults to True, False with ``stateful=True``. Other keyword arguments go to
+    :class:`Trainer` (``stateful``, ``nonfinite``, ``checkpoint``, ``amp``, ...); an unknown one
+    is an error that lists the valid ones.
     """
+    _check_keywords(trainer_kwargs)
+    if verbose is not None:
+        if verbose not in (0, 1, 2):
+            raise ValueError(f"verbose must be 0, 1 or 2 (as in Keras), got {verbose!r}")
+        progress = verbose == 1
+        if verbose == 2:
+            callbacks = [*callbacks, EpochPrinter()]
     if seed is not None:
         seed_everything(seed)
-    check_tensors(x, y, lengths)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
     if validation_split is not None and validation_data is not None:
         raise ValueError("pass validation_split or validation_data, not both")
-    train, val = (x, y, lengths), validation_data
-    if validation_split is not None:
-        train, val = _split(train, validation_split)
-    train = tuple(t for t in train if t is not None)
-    val = tuple(t for t in val if t is not None) if val is not None else None
+    if is_batch_source(x):
+        if y is not None or lengths is not None or validation_split is not None:
+            raise ValueError(
+                "with a batch source (e.g. rnnkit.bptt_batches) as x, pass y=None and no "
+                "lengths or validation_split: the source makes the targets; give validation "
+                "data as validation_data"
+            )
+        train, val = x, validation_data
+        steps_per_epoch = len(x)
+    else:
+        check_tensors(x, y, lengths)
+        train, val = (x, y, lengths), validation_data
+        if validation_split is not None:
+            train, val = _split(train, validation_split)
+        train = tuple(t for t in train if t is not None)
+        if isinstance(val, (tuple, list)):
+            val = tuple(t for t in val if t is not None)
+        samples = first_tensor(train[0]).shape[0]
+        steps_per_epoch = samples // batch_size if drop_last else math.ceil(samples / batch_size)
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     model.to(device)
     opt = names.make_optimizer(optimizer, model.parameters(), lr)
-    steps_per_epoch = math.ceil(first_tensor(train[0]).shape[0] / batch_size)
     scheduler = _make_schedule(schedule, opt, epochs * steps_per_epoch)
     trainer = Trainer(
         model,
@@ -78,7 +111,27 @@ def fit(
         progress=progress,
         **trainer_kwargs,
     )
-    return trainer.fit(train, val, epochs=epochs, batch_size=batch_size, shuffle=shuffle)
+    return trainer.fit(
+        train,
+        val,
+        epochs=epochs,
+        resume=resume,
+        batch_size=batch_size,
+        shuffle=shuffle,
+        drop_last=drop_last,
+        max_steps=max_steps,
+    )
+
+
+def _check_keywords(extra: dict) -> None:
+    accepted = set(inspect.signature(Trainer).parameters) - {"model", "optimizer", "loss_fn"}
+    unknown = sorted(set(extra) - accepted)
+    if unknown:
+        own = [p for p in inspect.signature(fit).parameters if p != "trainer_kwargs"]
+        raise TypeError(
+            f"rnnkit.fit got unexpected keyword argument(s) {', '.join(map(repr, unknown))}; "
+            f"it takes {', '.join(own)}, and the Trainer's {', '.join(sorted(accepted))}"
+        )
 
 
 def _split(data: tuple, fraction: float) -> tuple[tuple, tuple]:

@@ -78,6 +78,8 @@ class CSVLogger(Callback):
         append: add to an existing file instead of starting it afresh at the first run.
     """
 
+    deferrable = True  # a row written one step late (on a GPU) holds the same numbers
+
     def __init__(self, path: str | Path, per: str = "epoch", *, append: bool = False) -> None:
         if per not in ("epoch", "step"):
             raise ValueError(f"per must be 'epoch' or 'step', got {per!r}")
@@ -197,6 +199,8 @@ class TensorBoardLogger(Callback):
             )
         if isinstance(flow_every, bool) or not isinstance(flow_every, int) or flow_every < 1:
             raise ValueError(f"flow_every must be an int >= 1, got {flow_every!r}")
+        # with gradient flow, on_batch_end must see the weights of the step it logs
+        self.deferrable = gradient_flow is None
         self._writer_class = SummaryWriter
         self.log_dir = None if log_dir is None else str(log_dir)
         self.probe = gradient_flow

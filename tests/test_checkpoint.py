@@ -159,18 +159,21 @@ def test_checkpoint_contents_load_weights_only(tmp_path):
         "epoch",
         "step",
         "batch_in_epoch",
-        "sampler",
         "rng",
-        "epoch_rng",
+        "epoch_start",
+        "epoch_sums",
+        "carried_state",
         "history",
+        "data",
         "config",
         "format",
         "format_version",
+        "checksum",
     }
     assert expected <= set(state)
     assert set(state["rng"]) >= {"python", "numpy", "torch"}
     assert (state["epoch"], state["step"], state["batch_in_epoch"]) == (1, 3, 0)
-    assert state["config"]["model_class"] == "Sequential" and state["format_version"] == 1
+    assert state["config"]["model_class"] == "Sequential" and state["format_version"] == 2
     assert state["history"] == json.loads(json.dumps(trainer.history.to_dict()))
     assert state["scheduler"]["total_steps"] == 10
 
