@@ -157,6 +157,13 @@ def test_tensorboard_gradient_flow_histograms(tmp_path):
     assert (last.min, last.max) == pytest.approx((float(norms.min()), float(norms.max())), rel=1e-6)
 
 
+def test_loggers_may_run_a_step_late_unless_they_measure_the_weights():
+    pytest.importorskip("tensorboard")
+    assert rnnkit.CSVLogger("x.csv").deferrable and rnnkit.TensorBoardLogger().deferrable
+    probe = _data(4)
+    assert not rnnkit.TensorBoardLogger(gradient_flow=probe).deferrable
+
+
 def test_tensorboard_logger_bad_arguments():
     pytest.importorskip("tensorboard")
     with pytest.raises(
