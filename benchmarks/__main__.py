@@ -6,8 +6,8 @@ all scripts are printed as one markdown table of ratios and written as JSON, eac
 its ``script``. Options:
 
 * ``--quick``: small sizes and few repeats, to prove in seconds that every script works (the
-  numbers mean nothing); writes ``benchmarks/results/all-quick.json``, so a full run's
-  ``all.json`` is kept;
+  numbers mean nothing, so the table shows no targets beside them); writes
+  ``benchmarks/results/all-quick.json``, so a full run's ``all.json`` is kept;
 * ``--only NAME`` (repeatable): run only these scripts;
 * ``--json PATH``: write the JSON there instead;
 * ``--threads N``: ``torch.set_num_threads(N)`` first. On a machine shared with other work, one
@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         elapsed = time.perf_counter() - start
         print(f"[benchmarks] {name}: {len(script_rows)} rows in {elapsed:.1f} s", file=sys.stderr)
 
-    print(markdown_table(rows))
+    print(markdown_table(rows, quick=args.quick))
     for name, why in skipped.items():
         print(f"\nskipped {name}: {why}")
     path = args.json or HERE / "results" / ("all-quick.json" if args.quick else "all.json")

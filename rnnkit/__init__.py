@@ -32,10 +32,12 @@ from rnnkit.clipping import (
     clip_gradients,
     first_nonfinite_gradient,
 )
+from rnnkit.compare import Comparison, compare_cells
 from rnnkit.diagnostics import GradientFlow, gradient_flow, saturation, spectral_radius
 from rnnkit.errors import InputError
 from rnnkit.init import init_recurrent
 from rnnkit.kerasfit import fit
+from rnnkit.loggers import CSVLogger, TensorBoardLogger
 from rnnkit.losses import (
     UncertaintyWeighting,
     balanced_accuracy,
@@ -186,4 +188,8 @@ __all__ = [
     "class_balanced_weights",
     "focal_loss",
     "recall_per_class",
+    "Comparison",
+    "compare_cells",
+    "CSVLogger",
+    "TensorBoardLogger",
 ]

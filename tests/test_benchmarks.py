@@ -43,6 +43,8 @@ def test_quick_suite_runs_every_script_and_prints_one_table(tmp_path):
     table = [line for line in result.stdout.splitlines() if line.startswith("| ")]
     assert table[0].startswith("| benchmark | case |")
     assert len(table) == 2 + len(rows)  # header, rule, one line per row
+    for line in table[2:]:  # tiny sizes measure nothing: no target beside their numbers
+        assert line.endswith("| not measured at this size (--quick) |"), line
     for r in rows:
         assert f"| {r['benchmark']} | {r['case']} |" in result.stdout
         assert r["ratio"] == pytest.approx(r["rnnkit_ms"] / r["baseline_ms"], rel=0.01, abs=2e-3)
@@ -85,7 +87,7 @@ def test_suite_reports_failing_scripts_and_still_runs_the_others(monkeypatch, tm
     assert "RuntimeError: broken script" in err
     assert "fake_empty returned no rows" in err
     assert "failed: fake_empty, fake_fails" in err
-    assert "| fake | c | 1.00 | b | 2.00 | 0.50x | t |" in out
+    assert "| fake | c | 1.00 | b | 2.00 | 0.50x | not measured at this size (--quick) |" in out
     rows = json.loads((tmp_path / "out.json").read_text())["rows"]
     assert [r["script"] for r in rows] == ["fake_works"]
 
