@@ -115,6 +115,8 @@ class Trainer:
         distributed: "auto" (join a torchrun run when there is one), True, or False.
         stateful: carry the recurrent state across batches (module doc).
 
+    ``fit`` may run in a thread of its own (a panel's Start button does); call
+    ``torch.set_num_threads`` in that thread, since OpenMP keeps its thread count per thread.
     Control from any thread, effective at the next step boundary: :meth:`stop`, :meth:`pause`,
     :meth:`unpause`, :meth:`set_lr`, :meth:`copy_model`; ``grad_clip`` may be set at any time.
     ``status`` is one of "idle", "running", "paused", "stopped", "finished", "failed" (``error``
