@@ -21,6 +21,7 @@ from rnnkit.callbacks import (
 )
 from rnnkit.cells import GRUCell, LSTMCell, RecurrentCell, RNNCell
 from rnnkit.checkpoint import (
+    NonFiniteCheckpointError,
     export_safetensors,
     import_safetensors,
     load_checkpoint,
@@ -32,12 +33,14 @@ from rnnkit.clipping import (
     clip_gradients,
     first_nonfinite_gradient,
 )
+from rnnkit.compare import Comparison, compare_cells
 from rnnkit.diagnostics import GradientFlow, gradient_flow, saturation, spectral_radius
 from rnnkit.errors import InputError
 from rnnkit.generate import beam_search, sample
 from rnnkit.init import init_recurrent
 from rnnkit.kerasfit import fit
 from rnnkit.language_model import LanguageModel, Stateful
+from rnnkit.loggers import CSVLogger, TensorBoardLogger
 from rnnkit.losses import (
     UncertaintyWeighting,
     balanced_accuracy,
@@ -119,6 +122,7 @@ __all__ = [
     "LRFinderResult",
     "LRSchedule",
     "ModelCheckpoint",
+    "NonFiniteCheckpointError",
     "NonFiniteError",
     "NonFiniteGuard",
     "ProgressBar",
@@ -202,4 +206,8 @@ __all__ = [
     "bptt_batches",
     "lm_streams",
     "sample",
+    "Comparison",
+    "compare_cells",
+    "CSVLogger",
+    "TensorBoardLogger",
 ]

@@ -20,7 +20,29 @@ import torch
 from torch import Tensor
 
 from rnnkit import distributed as ddp
-from rnnkit.names import Metric
+from rnnkit.names import Loss, Metric, Spec
+
+
+def batch_stats(
+    loss: Loss,
+    metrics: dict[str, tuple[Metric, Spec | None]],
+    output,
+    target,
+    batch_size: int,
+    value: Tensor,
+) -> dict[str, Tensor]:
+    """One batch's statistics: the loss's ``[value * weight, weight]`` and each metric's (see
+    :mod:`rnnkit.names`), as device tensors; a metric's :class:`Spec` checks its inputs."""
+    with torch.no_grad():
+        weight = loss.spec.weight(output, target, batch_size)
+        weight = torch.as_tensor(weight, device=value.device, dtype=torch.float32)
+        stats = {"loss": torch.stack([value.detach().float() * weight, weight])}
+        out = output.detach() if isinstance(output, Tensor) else output
+        for name, (metric, check) in metrics.items():
+            if check is not None:
+                check.check(f"metric {name!r}", out, target)
+            stats[name] = metric.stats(out, target, batch_size)
+    return stats
 
 
 @dataclass

@@ -62,8 +62,8 @@ from torch.nn.utils import clip_grads_with_norm_, get_total_norm
 
 from rnnkit import distributed as ddp
 from rnnkit import loaders, names, resume
-from rnnkit.accounting import EpochSums, StepRecord
-from rnnkit.batches import Batch, default_batch_fn, default_forward_fn, leaves
+from rnnkit.accounting import EpochSums, StepRecord, batch_stats
+from rnnkit.batches import Batch, default_batch_fn, default_forward_fn, stateful_forward, to_device
 from rnnkit.callbacks import (
     Callback,
     History,
@@ -72,26 +72,13 @@ from rnnkit.callbacks import (
     NonFiniteGuard,
     ProgressBar,
 )
-from rnnkit.clipping import first_nonfinite_gradient
-from rnnkit.seeding import get_rng_state
+from rnnkit.clipping import first_nonfinite, first_nonfinite_gradient
+from rnnkit.control import Requests
+from rnnkit.seeding import get_rng_state, set_rng_state
 from rnnkit.tbptt import detach_state
 from rnnkit.update_guard import UpdateGuard
 
 STATUSES = ("idle", "running", "paused", "stopped", "finished", "failed")
-
-
-def stateful_forward(model: nn.Module, batch: Batch, state):
-    """``model(x, state)`` (with ``lengths=`` when the batch has them) -> ``(output, state)``."""
-    if batch.lengths is None:
-        result = model(batch.x, state)
-    else:
-        result = model(batch.x, state, lengths=batch.lengths)
-    if not isinstance(result, tuple) or len(result) != 2:
-        raise TypeError(
-            "a stateful model's forward must return (output, state), got "
-            f"{type(result).__name__}; see rnnkit.LanguageModel or wrap the model"
-        )
-    return result
 
 
 class Trainer:
@@ -128,6 +115,8 @@ class Trainer:
         distributed: "auto" (join a torchrun run when there is one), True, or False.
         stateful: carry the recurrent state across batches (module doc).
 
+    ``fit`` may run in a thread of its own (a panel's Start button does); call
+    ``torch.set_num_threads`` in that thread, since OpenMP keeps its thread count per thread.
     Control from any thread, effective at the next step boundary: :meth:`stop`, :meth:`pause`,
     :meth:`unpause`, :meth:`set_lr`, :meth:`copy_model`; ``grad_clip`` may be set at any time.
     ``status`` is one of "idle", "running", "paused", "stopped", "finished", "failed" (``error``
@@ -219,6 +208,7 @@ class Trainer:
         self._reads_override: bool | None = None  # tests force a choice
         self._after_backward: list[Callback] = []
         self._thread: threading.Thread | None = None
+        self._streams: int | None = None  # stateful: rows per batch this epoch
         self._net: nn.Module = model
         self._env: ddp.DistEnv | None = None
         self._flags: ddp.FlagExchange | None = None
@@ -228,37 +218,27 @@ class Trainer:
         self._boundary: dict | None = None  # RNG and carried state when the running step began
         self._epoch_start: dict | None = None  # what replays the running epoch's data order
         self._loader = None
-        self._lock = threading.Lock()
-        self._resume = threading.Event()
-        self._resume.set()
-        self._pause_requested = self._stop_requested = self._sigint = False
-        self._pending_lr: float | None = None
-        self._copy_requests: list[tuple[threading.Event, list]] = []
+        self.requests = Requests()
         self._updating = False
 
-    # ---- control from other threads -----------------------------------------------------
+    # ---- control from other threads (rnnkit.control) ------------------------------------
 
     def stop(self) -> None:
         """End the run at the next step boundary (returns at once; ``fit`` returns normally)."""
-        self._stop_requested = True
-        self._resume.set()
+        self.requests.ask_stop()
 
     def pause(self) -> None:
         """Hold the loop at the next step boundary until :meth:`unpause` (or :meth:`stop`)."""
-        self._pause_requested = True
-        self._resume.clear()
+        self.requests.ask_pause()
 
     def unpause(self) -> None:
         """Let a paused loop continue."""
-        self._pause_requested = False
-        self._resume.set()
+        self.requests.ask_unpause()
 
     def set_lr(self, lr: float) -> None:
         """Set every parameter group's learning rate from the next step on (recorded in
         ``history.events``). A running LR schedule stops: manual control wins."""
-        lr = names.check_lr(lr)
-        with self._lock:
-            self._pending_lr = lr
+        self.requests.ask_lr(names.check_lr(lr))
         if self.status not in ("running", "paused"):
             self._apply_pending_lr()
 
@@ -271,15 +251,11 @@ class Trainer:
         """
         running = self.status in ("running", "paused")
         if not running or threading.current_thread() is self._thread:
-            return copy.deepcopy(ddp.unwrap(self._net))
-        done, box = threading.Event(), []
-        with self._lock:
-            self._copy_requests.append((done, box))
-        if self.status == "paused":
-            self._resume.set()  # the paused loop answers, then waits again
-        if not done.wait(timeout):
-            raise TimeoutError(f"no step boundary within {timeout} s to copy the model at")
-        return box[0]
+            return self._copy()
+        return self.requests.ask_copy(timeout)
+
+    def _copy(self) -> nn.Module:
+        return copy.deepcopy(ddp.unwrap(self._net))
 
     @property
     def is_main_process(self) -> bool:
@@ -350,27 +326,26 @@ class Trainer:
         except BaseException as exc:
             self.status, self.error = "failed", exc
             raise
-        self._stop_requested = self._sigint = self.stop_training = self.interrupted = False
-        self._pause_requested = False
-        self._resume.set()
+        self.requests.reset()
+        self.stop_training = self.interrupted = False
         self.clean_stop, self.error = True, None
         self.status = "running"
         self._thread = threading.current_thread()
         self._choose_reads()
-        previous_handler = self._install_sigint_handler()
+        previous_handler = self.requests.install_sigint_handler()
         try:
             self._emit("on_fit_begin")
             while self.epoch < self.epochs and not self._end_requested(at_once=True):
                 if not self._run_epoch(train_loader, val_loader, replay):
                     break
                 replay = None
-            if self._stop_requested or self._sigint:
+            if self.requests.ending:
                 self._end_interrupted()
             else:
                 self.status = "finished"
         except KeyboardInterrupt:  # a second Ctrl+C, or one outside our handler
             self.clean_stop = not self._updating
-            self._sigint = True
+            self.requests.sigint = True
             self._end_interrupted()
         except BaseException as exc:
             self.status, self.error = "failed", exc
@@ -378,13 +353,13 @@ class Trainer:
             raise
         finally:
             self._updating = False
-            self._answer_copy_requests()
+            self.requests.answer_copies(self._copy)
             if self._flags is not None:
                 self._flags.drain()
             if previous_handler is not None:
                 signal.signal(signal.SIGINT, previous_handler)
             self._emit("on_fit_end")
-        if self._sigint:
+        if self.requests.sigint:
             raise KeyboardInterrupt("training interrupted; trainer, model and history are kept")
         return self.history
 
@@ -404,6 +379,7 @@ class Trainer:
             batches = iter(train_loader)
         else:
             batches = resume.replay(train_loader, replay)
+        self._streams = None
         self._emit("on_epoch_begin", self.epoch)
         while True:
             if self._at_step_boundary():
@@ -472,9 +448,18 @@ class Trainer:
             self._finish_step(record)
 
     def _forward(self, batch: Batch):
-        batch = Batch(_to_device(batch.x, self.device), batch.y, batch.lengths)
+        batch = Batch(to_device(batch.x, self.device), batch.y, batch.lengths)
         if not self.stateful:
             return self.forward_fn(self._net, batch)
+        if self._streams is None:
+            self._streams = batch.size
+        elif batch.size != self._streams:
+            raise ValueError(
+                f"stateful training carries one state per stream, so every batch needs the same "
+                f"number of rows: the epoch began with {self._streams}, this batch has "
+                f"{batch.size}. Drop the short last batch (drop_last=True) or use "
+                "rnnkit.bptt_batches"
+            )
         output, state = self.forward_fn(self._net, batch, self.carried_state)
         self.carried_state = detach_state(state)
         return output
@@ -485,20 +470,10 @@ class Trainer:
             self.loss.spec.check(self.loss.name, output, y)
         except ValueError as err:
             raise type(err)(f"{role} data: {err}") from None
-        return _to_device(y, self.device)
+        return to_device(y, self.device)
 
     def _stats(self, output, target, batch_size: int, loss: Tensor) -> dict[str, Tensor]:
-        """This batch's statistics for the epoch sums (see :mod:`rnnkit.names`)."""
-        with torch.no_grad():
-            weight = self.loss.spec.weight(output, target, batch_size)
-            weight = torch.as_tensor(weight, device=loss.device, dtype=torch.float32)
-            stats = {"loss": torch.stack([loss.detach().float() * weight, weight])}
-            out = output.detach() if isinstance(output, Tensor) else output
-            for name, (metric, check) in self._metric_specs.items():
-                if check is not None:
-                    check.check(f"metric {name!r}", out, target)
-                stats[name] = metric.stats(out, target, batch_size)
-        return stats
+        return batch_stats(self.loss, self._metric_specs, output, target, batch_size, loss)
 
     def _metric_values(self, stats: dict[str, Tensor]) -> dict[str, Tensor]:
         return {name: metric.value(stats[name]) for name, (metric, _) in self._metric_specs.items()}
@@ -528,6 +503,9 @@ class Trainer:
                 self.scaler.update()
             else:
                 self.optimizer.step()
+        except BaseException:
+            self._update_guard.restore()  # never leave a half-applied update behind
+            raise
         finally:
             self._updating = False
             if factor != 1.0:
@@ -604,7 +582,8 @@ class Trainer:
     def evaluate(self, data, batch_size: int = 32) -> dict:
         """Mean loss and metrics over ``data`` (a DataLoader, batch source or tensors), in eval
         mode; weighted as in training, every sample counted once over all ranks. A stateful
-        model starts from a reset state and carries it through the data in order.
+        model starts from a reset state and carries it through the data in order. The global
+        random generators are left as they were, so validating does not change training.
 
         Returns ``{"loss": float, "metrics": {name: float}}``.
         """
@@ -617,12 +596,13 @@ class Trainer:
         model = ddp.unwrap(self._net)  # no collectives: ranks may have unequal shares
         was_training = model.training
         model.eval()
+        rng = get_rng_state()  # iterating a DataLoader draws from it: keep training's draws
         sums = EpochSums(self._sums.metrics)
         state = None
         try:
             for raw in data:
                 batch = self.batch_fn(raw)
-                batch = Batch(_to_device(batch.x, self.device), batch.y, batch.lengths)
+                batch = Batch(to_device(batch.x, self.device), batch.y, batch.lengths)
                 with self._autocast():
                     if self.stateful:
                         output, state = self.forward_fn(model, batch, state)
@@ -633,6 +613,7 @@ class Trainer:
                 sums.add(self._stats(output, target, batch.size, loss), None)
         finally:
             model.train(was_training)
+            set_rng_state(rng)
         result = sums.read(self.device, self._env is not None)
         return {"loss": result["loss"], "metrics": result["metrics"]}
 
@@ -640,37 +621,33 @@ class Trainer:
 
     def _at_step_boundary(self) -> bool:
         """Apply requests from other threads; True when the run must end here."""
-        if self._pause_requested and not (self._stop_requested or self._sigint):
+        if self.requests.pause and not self.requests.ending:
             self._resolve_pending()
             self.status = "paused"
-            while self._pause_requested and not (self._stop_requested or self._sigint):
-                self._resume.wait()
-                self._answer_copy_requests()
-                if self._pause_requested:
-                    self._resume.clear()
+            self.requests.wait_while_paused(self._copy)
             self.status = "running"
         self._apply_pending_lr()
-        self._answer_copy_requests()
+        self.requests.answer_copies(self._copy)
         return self._end_requested()
 
     def _end_requested(self, at_once: bool = False) -> bool:
         """Whether the run ends here. Under DDP every rank must end at the same boundary: the
         ranks agree on the flags one boundary late (no wait per step), or ``at_once`` (between
         epochs) with a blocking all-reduce."""
-        flags = [self._stop_requested, self._sigint, self.stop_training]
+        req = self.requests
+        flags = [req.stop, req.sigint, self.stop_training]
         if self._flags is not None:
             agreed = self._flags.agree(flags) if at_once else self._flags.exchange(flags)
             if not any(agreed):
                 return False
             flags = [a or f for a, f in zip(agreed, flags, strict=True)]
-            self._stop_requested, self._sigint, self.stop_training = flags
+            req.stop, req.sigint, self.stop_training = flags
         if any(flags):
             self._resolve_pending()
         return any(flags)
 
     def _apply_pending_lr(self) -> None:
-        with self._lock:
-            lr, self._pending_lr = self._pending_lr, None
+        lr = self.requests.take_lr()
         if lr is None:
             return
         for group in self.optimizer.param_groups:
@@ -680,25 +657,6 @@ class Trainer:
             self.scheduler_active = False
             event["scheduler"] = "stopped"
         self.history.events.append(event)
-
-    def _answer_copy_requests(self) -> None:
-        with self._lock:
-            requests, self._copy_requests = self._copy_requests, []
-        for done, box in requests:
-            box.append(copy.deepcopy(ddp.unwrap(self._net)))
-            done.set()
-
-    def _install_sigint_handler(self):
-        if threading.current_thread() is not threading.main_thread():
-            return None  # signals reach the main thread only; stop() works from anywhere
-
-        def on_sigint(signum, frame):
-            if self._sigint:  # second Ctrl+C: interrupt now
-                raise KeyboardInterrupt
-            self._sigint = True
-            self._resume.set()
-
-        return signal.signal(signal.SIGINT, on_sigint)
 
     # ---- set-up ---------------------------------------------------------------------------
 
@@ -727,36 +685,9 @@ class Trainer:
             yield
 
     def _make_loader(self, data, batch_size, shuffle: bool, drop_last: bool, role: str):
-        if isinstance(data, (tuple, list)) and len(data) in (2, 3):
-            self._check_dtypes(data[0], data[1], role)
-        loader = loaders.make_loader(
-            data,
-            batch_size=batch_size,
-            shuffle=shuffle,
-            drop_last=drop_last,
-            role=role,
-            env=self._env,
+        return loaders.trainer_loader(
+            self, data, batch_size=batch_size, shuffle=shuffle, drop_last=drop_last, role=role
         )
-        if self.stateful and role == "train" and loaders.is_shuffled(loader):
-            raise ValueError(
-                "stateful training carries the state from one batch to the next, so the batches "
-                "must come in order: pass shuffle=False (or a batch source such as "
-                "rnnkit.bptt_batches)"
-            )
-        return loader
-
-    def _check_dtypes(self, x, y, role: str) -> None:
-        try:
-            names.check_target_dtype(self.loss, y)
-        except ValueError as err:
-            raise ValueError(f"{role} data: {err}") from None
-        params = next(self.model.parameters(), None)
-        for name, t in leaves(x, "x"):
-            if params is not None and t.is_floating_point() and t.dtype != params.dtype:
-                raise ValueError(
-                    f"{role} data: {name} has dtype {t.dtype} but the model's parameters are "
-                    f"{params.dtype}; convert one of them (e.g. x.to({params.dtype}))"
-                )
 
     # ---- checkpoints ----------------------------------------------------------------------
 
@@ -800,12 +731,3 @@ def _trained_parameters(model: nn.Module, optimizer: torch.optim.Optimizer) -> l
             "model may be added beside them)"
         )
     return params
-
-
-def first_nonfinite(named: list[tuple[str, Tensor]]) -> str | None:
-    """The name of the first parameter holding a NaN or an infinity, else None."""
-    return next((n for n, p in named if not torch.isfinite(p.detach()).all()), None)
-
-
-def _to_device(tree, device: torch.device):
-    return Batch(tree, None).to(device).x

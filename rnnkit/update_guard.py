@@ -38,6 +38,7 @@ class UpdateGuard:
         self._tensors: list[Tensor] = []
         self._copies: list[Tensor] = []
         self._host: list[tuple[dict, str, object]] = []
+        self._had_state: set[int] = set()
 
     def _live_tensors(self) -> tuple[list[Tensor], list[tuple[dict, str]]]:
         """The parameters and optimizer-state tensors on their devices, and the host-side state
@@ -62,6 +63,7 @@ class UpdateGuard:
         with torch.no_grad():
             _copy(self._copies, self._tensors)
         self._host = [(state, key, _clone(state[key])) for state, key in host]
+        self._had_state = {id(p) for p in self.optimizer.state}
 
     def check(self, loss: Tensor, grad_norm: Tensor) -> Tensor:
         """The device flag ``ok`` of the update just applied (see the module doc)."""
@@ -87,7 +89,10 @@ class UpdateGuard:
                 live.copy_(torch.where(ok.to(live.device), live, saved))
 
     def restore_host(self) -> None:
-        """Put back the host-side optimizer state (after ``ok`` was read as False)."""
+        """Put back the host-side optimizer state, and drop the state the update created (after
+        ``ok`` was read as False)."""
+        for param in [p for p in self.optimizer.state if id(p) not in self._had_state]:
+            del self.optimizer.state[param]
         for state, key, value in self._host:
             if isinstance(value, Tensor) and isinstance(state.get(key), Tensor):
                 state[key].copy_(value)

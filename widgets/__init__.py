@@ -5,6 +5,7 @@ calls rnnkit's public Python API: this layer adds controls and pictures, not log
 """
 
 from rnnkit.widgets.explorers import GradientFlowExplorer, HiddenStateExplorer, PaddingExplorer
+from rnnkit.widgets.fallback import StaticFallback, with_fallback
 from rnnkit.widgets.generation import AttentionHeatmap, GenerationWidget, attention_figure
 from rnnkit.widgets.magics import RNNKitMagics, load_ipython_extension, unload_ipython_extension
 from rnnkit.widgets.panel import TrainingPanel
@@ -17,7 +18,9 @@ __all__ = [
     "HiddenStateExplorer",
     "PaddingExplorer",
     "RNNKitMagics",
+    "StaticFallback",
     "TrainingPanel",
     "load_ipython_extension",
     "unload_ipython_extension",
+    "with_fallback",
 ]

@@ -15,9 +15,10 @@ from dataclasses import dataclass, field
 from torch import nn
 
 from rnnkit.engines import fused
+from rnnkit.engines import triton as triton_engine
 from rnnkit.errors import InputError
 
-ENGINES = ("auto", "fused", "loop")
+ENGINES = ("auto", "fused", "triton", "loop")
 
 Blockers = dict[str, list[tuple[str, str]]]
 
@@ -84,6 +85,8 @@ def describe(layer: nn.Module) -> str:
 def _kernel(engine: str, layer: nn.Module) -> str:
     if engine == "fused":
         return fused.kernel_name(layer) + "; with lengths: segments cut at distinct lengths"
+    if engine == "triton":
+        return triton_engine.describe(layer)
     return _KERNELS[engine]
 
 
