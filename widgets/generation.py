@@ -7,7 +7,8 @@
   as a matplotlib figure for a notebook.
 
 Both show a plain-text and HTML summary where no kernel renders the widget (a saved notebook
-on GitHub, nbviewer, a terminal): the last output, not a widget's class name.
+on GitHub, nbviewer, a terminal; :mod:`rnnkit.widgets.fallback`): the output shown when
+displayed, not a widget's class name.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from torch import nn
 import rnnkit
 from rnnkit.generate import check_sampling
 from rnnkit.seq2seq import Alignment
+from rnnkit.widgets.fallback import StaticFallback
 
 __all__ = ["AttentionHeatmap", "GenerationWidget", "attention_figure"]
 
@@ -40,26 +42,7 @@ def _source_of(model):
     raise ValueError(f"expected a model, a Trainer or a TrainingPanel, got {type(model).__name__}")
 
 
-class _View:
-    """A widget with a meaningful text/HTML fallback for front-ends without a kernel."""
-
-    widget: w.Widget
-
-    def _summary(self) -> str:
-        raise NotImplementedError
-
-    def _summary_html(self) -> str:
-        return f"<pre>{html.escape(self._summary())}</pre>"
-
-    def _repr_mimebundle_(self, include=None, exclude=None) -> dict:
-        bundle = self.widget._repr_mimebundle_(include=include, exclude=exclude) or {}
-        return {**bundle, "text/plain": self._summary(), "text/html": self._summary_html()}
-
-    def __repr__(self) -> str:
-        return self._summary()
-
-
-class GenerationWidget(_View):
+class GenerationWidget(StaticFallback):
     """Prompt box, temperature and top-k controls, a length and a seed, a Generate button and
     the text it produced.
 
@@ -137,19 +120,22 @@ class GenerationWidget(_View):
             message = html.escape(f"{type(err).__name__}: {err}")
             self.output.value = f"<b style='color:#c62828'>{message}</b>"
             return ""
-        self.output.value = self._summary_html()
+        self.output.value = self.fallback_html()
         return self.text
 
-    def _summary(self) -> str:
+    def __repr__(self) -> str:
+        return self.fallback_text()
+
+    def fallback_text(self) -> str:
         if self.error is not None:
             return f"GenerationWidget: {type(self.error).__name__}: {self.error}"
         if not self.text:
             return f"GenerationWidget (prompt {self.prompt.value!r}; press Generate)"
         return self.prompt.value + self.text
 
-    def _summary_html(self) -> str:
+    def fallback_html(self) -> str:
         if not self.text:
-            return f"<pre>{html.escape(self._summary())}</pre>"
+            return f"<pre>{html.escape(self.fallback_text())}</pre>"
         return (
             "<pre style='white-space:pre-wrap'><b>"
             f"{html.escape(self.prompt.value)}</b>{html.escape(self.text)}</pre>"
@@ -175,7 +161,7 @@ def attention_figure(alignment: Alignment, title: str | None = None) -> Figure:
     return figure
 
 
-class AttentionHeatmap(_View):
+class AttentionHeatmap(StaticFallback):
     """Type a source, see where each output token looked: one :meth:`rnnkit.Seq2Seq.align`
     call per change (``model.align(source, beam_size=B)``), drawn by :func:`attention_figure`.
     ``alignment`` holds the last result, ``png`` the picture, ``error`` the last error."""
@@ -213,18 +199,23 @@ class AttentionHeatmap(_View):
         buffer = io.BytesIO()
         figure.savefig(buffer, format="png")
         self.png = self.image.value = buffer.getvalue()
-        self.info.value = html.escape(self._summary())
+        self.info.value = html.escape(self.fallback_text())
 
-    def _summary(self) -> str:
+    def __repr__(self) -> str:
+        return self.fallback_text()
+
+    def fallback_text(self) -> str:
         if self.alignment is None:
             return f"AttentionHeatmap: {self.error}"
         output = "".join(t for t in self.alignment.output if not t.startswith("<"))
         return f"{self.source.value!r} -> {output!r}"
 
-    def _summary_html(self) -> str:
+    def fallback_html(self) -> str:
         if self.alignment is None or not self.png:
-            return super()._summary_html()
+            return super().fallback_html()  # the text, as HTML
         import base64
 
         data = base64.b64encode(self.png).decode("ascii")
-        return f"<p>{html.escape(self._summary())}</p><img src='data:image/png;base64,{data}'/>"
+        return (
+            f"<p>{html.escape(self.fallback_text())}</p><img src='data:image/png;base64,{data}'/>"
+        )

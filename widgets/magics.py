@@ -448,25 +448,6 @@ class RNNKitMagics(Magics):
             for line in _reading_rho(set(kinds.values())):
                 print(line)
 
-
-def _reading_rho(kinds: set[str]) -> list[str]:
-    """What the spectral radius says about gradients through time, for the cells present."""
-    lines = []
-    if kinds & {"RNN", "IndRNN"}:
-        lines += [
-            "  RNN: rho < 1 makes gradients vanish through time; growing them needs rho > 1",
-            "  (Pascanu et al. 2013).",
-        ]
-    if kinds & {"LSTM", "GRU"}:
-        lines += [
-            "  LSTM/GRU: each matrix acts through gates that scale it down (a sigmoid's slope",
-            "  is at most 1/4, and half-open gates halve what passes), so rho > 1 grows",
-            "  gradients only once the gates saturate open; the additive path through the",
-            "  cell state (times the forget gate, GRU: the update gate, both < 1) carries",
-            "  them whatever rho is.",
-        ]
-    return lines
-
     def _generate(self, args) -> None:
         from rnnkit.widgets.generation import GenerationWidget
 
@@ -485,6 +466,25 @@ def _reading_rho(kinds: set[str]) -> list[str]:
         if widget.error is not None:
             raise UsageError(f"%rnnkit generate: {widget.error}")
         display(widget)
+
+
+def _reading_rho(kinds: set[str]) -> list[str]:
+    """What the spectral radius says about gradients through time, for the cells present."""
+    lines = []
+    if kinds & {"RNN", "IndRNN"}:
+        lines += [
+            "  RNN: rho < 1 makes gradients vanish through time; growing them needs rho > 1",
+            "  (Pascanu et al. 2013).",
+        ]
+    if kinds & {"LSTM", "GRU"}:
+        lines += [
+            "  LSTM/GRU: each matrix acts through gates that scale it down (a sigmoid's slope",
+            "  is at most 1/4, and half-open gates halve what passes), so rho > 1 grows",
+            "  gradients only once the gates saturate open; the additive path through the",
+            "  cell state (times the forget gate, GRU: the update gate, both < 1) carries",
+            "  them whatever rho is.",
+        ]
+    return lines
 
 
 def _output_sum(output, _targets):
