@@ -209,10 +209,10 @@ class LanguageModel(nn.Module):
     def step(self, tokens: Tensor, state=None) -> tuple[Tensor, object]:
         """One token per sequence: ``tokens (B,)`` -> ``(logits (B, V), state)``, the same
         numbers as ``forward(tokens[:, None], state)`` (tested). Generation calls it once per
-        new token: the layer's step equations run directly (:meth:`rnnkit.LSTM._step_units`, a
-        cell's ``project_input`` and ``step``), which on a CPU costs a third of a one-step call
-        of the fused kernel, whose set-up dominates at one step. Layers without step
-        equations (e.g. ``MinRNNStack``) run ``forward`` over one step."""
+        new token: the layer's step equations run directly (the functions of
+        :mod:`rnnkit.cells`, or a cell's ``project_input`` and ``step``), which on a CPU costs
+        a third of a one-step call of the fused kernel, whose set-up dominates at one step.
+        Layers without step equations (e.g. ``MinRNNStack``) run ``forward`` over one step."""
         units = self._units()
         if units is None:
             logits, state = self(tokens[:, None], state)
