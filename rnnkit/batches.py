@@ -50,7 +50,7 @@ def first_tensor(tree) -> Tensor:
 def to_device(tree, device: torch.device):
     """Every tensor of ``tree`` (tensors, dicts, lists, tuples) moved to ``device``."""
     if isinstance(tree, Tensor):
-        return tree.to(device, non_blocking=True)
+        return tree if tree.device == device else tree.to(device, non_blocking=True)
     if isinstance(tree, Mapping):
         return {k: to_device(v, device) for k, v in tree.items()}
     if isinstance(tree, (list, tuple)):

@@ -216,6 +216,8 @@ class Trainer:
         self._update_guard = UpdateGuard(optimizer, self._params)
         self._pending: StepRecord | None = None
         self._boundary: dict | None = None  # RNG and carried state when the running step began
+        self._keep_boundary = False  # whether to take _boundary at every step (_plan_reads)
+        self._in_step = False
         self._epoch_start: dict | None = None  # what replays the running epoch's data order
         self._loader = None
         self.requests = Requests()
@@ -365,8 +367,7 @@ class Trainer:
 
     def _end_interrupted(self) -> None:
         self.status, self.interrupted = "stopped", True
-        self._emit("on_interrupt")
-        self._boundary = None
+        self._emit("on_interrupt")  # _boundary stays: a later save resumes the aborted step
 
     def _run_epoch(self, train_loader, val_loader, replay: dict | None) -> bool:
         """One epoch; False if the run ended at a step boundary inside it."""
@@ -384,10 +385,12 @@ class Trainer:
         while True:
             if self._at_step_boundary():
                 return False
-            self._boundary = {"rng": get_rng_state(), "carried_state": self.carried_state}
+            self._in_step = True
+            if self._keep_boundary:
+                self._boundary = {"rng": get_rng_state(), "carried_state": self.carried_state}
             raw = next(batches, None)
             if raw is None:
-                self._boundary = None
+                self._in_step, self._boundary = False, None
                 break
             self._emit("on_batch_begin", self.batch_in_epoch)
             self._train_step(raw)
@@ -403,7 +406,8 @@ class Trainer:
     def _train_step(self, raw) -> None:
         started = time.perf_counter()
         batch = self.batch_fn(raw)
-        self._net.train()
+        if not self._net.training:
+            self._net.train()
         with self._autocast():
             output = self._forward(batch)
             target = self._target(batch.y, output, "train")
@@ -436,11 +440,14 @@ class Trainer:
                 record.logs["skipped"] = True
         if not record.logs.get("skipped"):
             record.ok = self._update(loss, grad_norm, grads, batch)
-        kept = record.ok if record.ok is not None else torch.zeros((), dtype=torch.bool)
-        self._sums.add(stats, kept.to(loss.device))
+        if self.defer_reads:  # kept or not is known on the device only
+            kept = record.ok if record.ok is not None else torch.zeros((), dtype=torch.bool)
+            self._sums.add(stats, kept.to(loss.device))
+        else:
+            record.stats = stats  # added once the step is read (_finish_step)
         self.step += 1
         self.batch_in_epoch += 1
-        self._boundary = None
+        self._in_step, self._boundary = False, None
         record.logs["time"] = time.perf_counter() - started
         if self.defer_reads:
             self._pending = record
@@ -532,6 +539,11 @@ class Trainer:
                 culprit = culprit or first_nonfinite(self._named_params())
                 self._update_guard.restore()
             self.guard.on_skipped(self, logs, culprit)  # "stop" raises; "skip" counts
+        if record.stats is not None:
+            if logs.get("skipped"):
+                self._sums.skipped += 1
+            else:
+                self._sums.add(record.stats, None)
         self._emit("on_batch_end", logs)
 
     def _named_params(self) -> list[tuple[str, Tensor]]:
@@ -560,6 +572,12 @@ class Trainer:
             self.defer_reads = self.device.type == "cuda" and not custom
         else:
             self.defer_reads = self._reads_override
+        # A checkpoint can be written while a step is in flight only by on_interrupt (Ctrl+C
+        # inside a step) or by a deferred on_batch_end; only then is the state at each step's
+        # start worth taking (the generators' state costs ~40 us to read).
+        self._keep_boundary = self.defer_reads or any(
+            _overrides(cb, "on_interrupt") for cb in self.callbacks
+        )
 
     def _epoch_logs(self, val_loader, seconds: float) -> dict:
         totals = self._sums.read(self.device, self._env is not None)

@@ -294,3 +294,12 @@ def test_temporary_files_of_dead_writers_are_removed_and_live_ones_kept(tmp_path
         f.write_bytes(b"x" * 100)
     rnnkit.save_checkpoint(tmp_path / "ck.pt", {"w": torch.ones(1)})
     assert not stale.exists() and live.exists() and other.exists()
+
+
+def test_saving_after_an_interrupt_inside_a_step_without_a_checkpoint_callback_warns(tmp_path):
+    torch.manual_seed(0)
+    trainer = _trainer(InterruptInForward(calls=3))
+    with pytest.raises(KeyboardInterrupt):
+        trainer.fit(_data(), batch_size=4)
+    with pytest.warns(UserWarning, match="after an interrupt inside a step"):
+        trainer.save_checkpoint(tmp_path / "late.pt")
