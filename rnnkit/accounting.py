@@ -60,9 +60,11 @@ class StepRecord:
     def resolve(self) -> dict:
         """The step's logs with every device value read as a Python float (one transfer)."""
         if self.values or self.ok is not None:
-            parts = [_scalar(v) for v in self.values.values()]
+            values = list(self.values.values())
+            dtype = torch.float64 if any(v.dtype == torch.float64 for v in values) else None
+            parts = [_scalar(v, dtype or torch.float32) for v in values]
             if self.ok is not None:
-                parts.append(self.ok.float())
+                parts.append(self.ok.to(dtype or torch.float32))
             read = torch.stack(parts).tolist()
             self.logs.update(zip(self.values, read, strict=False))
             if self.ok is not None and not read[-1]:
@@ -71,12 +73,13 @@ class StepRecord:
         return self.logs
 
 
-def _scalar(value: Tensor) -> Tensor:
-    """``value`` as a 0-d float32 tensor, with as few operations as possible (each one costs)."""
+def _scalar(value: Tensor, dtype: torch.dtype) -> Tensor:
+    """``value`` as a 0-d tensor of ``dtype`` (float32, or float64 for a float64 model), with as
+    few operations as possible (each one costs)."""
     if value.requires_grad:
         value = value.detach()
-    if value.dtype != torch.float32:
-        value = value.float()
+    if value.dtype != dtype:
+        value = value.to(dtype)
     return value if value.dim() == 0 else value.reshape(())
 
 

@@ -25,6 +25,7 @@ class Requests:
         self._wake.set()
         self._lr: float | None = None
         self._copies: list[tuple[threading.Event, list]] = []
+        self._open = False  # a fit is in progress and will answer copy requests
 
     def reset(self) -> None:
         """A new run starts with no requests pending (a learning rate set before stays)."""
@@ -52,15 +53,29 @@ class Requests:
             lr, self._lr = self._lr, None
         return lr
 
-    def ask_copy(self, timeout: float | None) -> Any:
-        """Queue a request for a copy and wait until the loop answers it."""
+    def open(self) -> None:
+        """A fit begins: copy requests from now on are answered by its loop."""
+        with self._lock:
+            self._open = True
+
+    def close(self, make_copy: Callable[[], Any]) -> None:
+        """A fit ends: answer what is pending; later requests are told to copy themselves."""
+        with self._lock:
+            self._open = False
+        self.answer_copies(make_copy)
+
+    def ask_copy(self, timeout: float | None) -> tuple[bool, Any]:
+        """Queue a request for a copy and wait until the loop answers it: ``(True, copy)``, or
+        ``(False, None)`` when no fit is in progress to answer it."""
         done, box = threading.Event(), []
         with self._lock:
+            if not self._open:
+                return False, None
             self._copies.append((done, box))
         self._wake.set()  # a paused loop answers, then waits again
         if not done.wait(timeout):
             raise TimeoutError(f"no step boundary within {timeout} s to copy the model at")
-        return box[0]
+        return True, box[0]
 
     def answer_copies(self, make_copy: Callable[[], Any]) -> None:
         with self._lock:

@@ -216,7 +216,7 @@ class Trainer:
         self._update_guard = UpdateGuard(optimizer, self._params)
         self._pending: StepRecord | None = None
         self._boundary: dict | None = None  # RNG and carried state when the running step began
-        self._keep_boundary = False  # whether to take _boundary at every step (_plan_reads)
+        self._keep_boundary = False  # whether to take _boundary at every step (_choose_reads)
         self._in_step = False
         self._epoch_start: dict | None = None  # what replays the running epoch's data order
         self._loader = None
@@ -251,10 +251,11 @@ class Trainer:
         boundary (this call waits for it), so that using the copy — sampling from it, say —
         cannot touch the running job or its random numbers. Otherwise the model is copied now.
         """
-        running = self.status in ("running", "paused")
-        if not running or threading.current_thread() is self._thread:
-            return self._copy()
-        return self.requests.ask_copy(timeout)
+        if threading.current_thread() is not self._thread:
+            answered, copied = self.requests.ask_copy(timeout)
+            if answered:
+                return copied
+        return self._copy()
 
     def _copy(self) -> nn.Module:
         return copy.deepcopy(ddp.unwrap(self._net))
@@ -310,6 +311,8 @@ class Trainer:
         if self.status in ("running", "paused"):
             raise RuntimeError("this Trainer is already running a fit")
         shuffle = (not self.stateful) if shuffle is None else shuffle
+        self._thread = threading.current_thread()
+        self.requests.open()
         try:
             self._prepare_run()
             train_loader = self._make_loader(train, batch_size, shuffle, drop_last, "train")
@@ -327,12 +330,12 @@ class Trainer:
                 self.max_steps = None if max_steps is None else self.step + max_steps
         except BaseException as exc:
             self.status, self.error = "failed", exc
+            self.requests.close(self._copy)
             raise
         self.requests.reset()
         self.stop_training = self.interrupted = False
         self.clean_stop, self.error = True, None
         self.status = "running"
-        self._thread = threading.current_thread()
         self._choose_reads()
         previous_handler = self.requests.install_sigint_handler()
         try:
@@ -355,7 +358,7 @@ class Trainer:
             raise
         finally:
             self._updating = False
-            self.requests.answer_copies(self._copy)
+            self.requests.close(self._copy)
             if self._flags is not None:
                 self._flags.drain()
             if previous_handler is not None:

@@ -162,3 +162,14 @@ def test_one_token_step_equals_a_one_step_forward(cell):
 
 def _leaves(state):
     return list(state) if isinstance(state, tuple) else [state]
+
+
+def test_a_language_models_vocabulary_travels_through_safetensors(tmp_path):
+    vocab = rnnkit.CharVocab("to be or not")
+    model = rnnkit.LanguageModel(vocab, 8, 16)
+    rnnkit.export_safetensors(model, tmp_path / "lm.safetensors")
+    twin = rnnkit.LanguageModel(len(vocab), 8, 16)
+    rnnkit.import_safetensors(twin, tmp_path / "lm.safetensors")
+    assert twin.vocab is not None and twin.vocab.to_json() == vocab.to_json()
+    for a, b in zip(model.parameters(), twin.parameters(), strict=True):
+        assert torch.equal(a, b)

@@ -167,3 +167,13 @@ def test_a_learning_rate_given_as_text_is_a_clear_error():
         trainer.set_lr("0.1")
     with pytest.raises(ValueError, match="positive finite number"):
         names.check_lr(float("inf"))
+
+
+def test_a_float64_model_logs_float64_losses():
+    model = nn.Linear(3, 1).double()
+    x, y = torch.randn(4, 3, dtype=torch.float64), torch.randn(4, 1, dtype=torch.float64)
+    history = _fit(model, x, y, optimizer="sgd", lr=0.0)
+    with torch.no_grad():
+        exact = F.mse_loss(model(x), y).item()
+    assert history.steps[0]["loss"] == pytest.approx(exact, rel=1e-14)  # float32 is off by 1e-8
+    assert history.epochs[0]["loss"] == pytest.approx(exact, rel=1e-15)

@@ -212,3 +212,37 @@ def test_copy_model_from_another_thread_is_taken_at_a_step_boundary_and_changes_
     assert any(
         not torch.equal(a, b) for a, b in zip(midway, copied.model.parameters(), strict=True)
     )
+
+
+def test_copy_model_while_a_fit_is_still_setting_up_waits_for_its_first_boundary():
+    torch.manual_seed(0)
+    trainer = _trainer(TinyLM())
+    entered, go = threading.Event(), threading.Event()
+    prepare = trainer._prepare_run
+
+    def slow_prepare():
+        entered.set()
+        go.wait(60)
+        prepare()
+
+    trainer._prepare_run = slow_prepare
+    queued = threading.Event()
+    ask = trainer.requests.ask_copy
+
+    def ask_copy(timeout):
+        queued.set()
+        return ask(timeout)
+
+    trainer.requests.ask_copy = ask_copy
+    runner = threading.Thread(target=trainer.fit, args=(Windows(_ids()),))
+    runner.start()
+    entered.wait(60)
+    copies = []
+    copier = threading.Thread(target=lambda: copies.append(trainer.copy_model(timeout=60)))
+    copier.start()
+    assert queued.wait(60)  # the request goes to the fit, not a copy taken on the spot
+    assert trainer.status == "idle" and not copies  # not copied while the fit sets up
+    go.set()
+    copier.join(60)
+    runner.join(120)
+    assert len(copies) == 1 and trainer.status == "finished"
