@@ -6,15 +6,17 @@ all scripts are printed as one markdown table of ratios and written as JSON, eac
 its ``script``. Options:
 
 * ``--quick``: small sizes and few repeats, to prove in seconds that every script works (the
-  numbers mean nothing); writes ``benchmarks/results/all-quick.json``, so a full run's
-  ``all.json`` is kept;
+  numbers mean nothing, so the table shows no targets beside them); writes
+  ``benchmarks/results/all-quick.json``, so a full run's ``all.json`` is kept;
 * ``--only NAME`` (repeatable): run only these scripts;
 * ``--json PATH``: write the JSON there instead;
 * ``--threads N``: ``torch.set_num_threads(N)`` first. On a machine shared with other work, one
   thread gives steadier numbers than several threads competing for cores.
 
 A script that fails is reported (traceback on stderr) and the others still run; the exit status
-is then 1.
+is then 1. A script that cannot run here (``gpu`` without CUDA) raises
+:class:`benchmarks.common.Skipped`: it is reported as skipped, with its reason, in the output
+and in the JSON's ``meta.skipped``, and does not fail the run.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.common import markdown_table, write_json
+from benchmarks.common import Skipped, markdown_table, write_json
 
 HERE = Path(__file__).resolve().parent
 
@@ -64,12 +66,16 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     names = [name for name in available if not args.only or name in args.only]
 
-    rows, failed = [], []
+    rows, failed, skipped = [], [], {}
     for name in names:
         print(f"[benchmarks] {name} ...", file=sys.stderr, flush=True)
         start = time.perf_counter()
         try:
             script_rows = importlib.import_module(f"benchmarks.{name}").run(quick=args.quick)
+        except Skipped as why:
+            print(f"[benchmarks] {name}: skipped ({why})", file=sys.stderr)
+            skipped[name] = str(why)
+            continue
         except Exception:
             traceback.print_exc()
             failed.append(name)
@@ -81,9 +87,11 @@ def main(argv: list[str] | None = None) -> int:
         elapsed = time.perf_counter() - start
         print(f"[benchmarks] {name}: {len(script_rows)} rows in {elapsed:.1f} s", file=sys.stderr)
 
-    print(markdown_table(rows))
+    print(markdown_table(rows, quick=args.quick))
+    for name, why in skipped.items():
+        print(f"\nskipped {name}: {why}")
     path = args.json or HERE / "results" / ("all-quick.json" if args.quick else "all.json")
-    write_json(rows, path)
+    write_json(rows, path, skipped=skipped)
     print(f"\nwrote {path}", file=sys.stderr)
     if failed:
         print(f"[benchmarks] failed: {', '.join(failed)}", file=sys.stderr)

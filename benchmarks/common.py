@@ -17,6 +17,13 @@ from pathlib import Path
 
 import torch
 
+QUICK_TARGET = "not measured at this size (--quick)"
+
+
+class Skipped(Exception):
+    """Raised by a script's ``run`` that cannot run here (e.g. no GPU); the message says why.
+    ``python -m benchmarks`` reports the script as skipped, not failed."""
+
 
 def time_ms(fn: Callable[[], object], *, repeat: int = 10, warmup: int = 2) -> float:
     """Median wall time of ``fn()`` in milliseconds (CUDA synchronised when in use)."""
@@ -82,21 +89,25 @@ def row(
     }
 
 
-def markdown_table(rows: list[dict]) -> str:
-    """Rows as a markdown table of the standard columns."""
+def markdown_table(rows: list[dict], quick: bool = False) -> str:
+    """Rows as a markdown table of the standard columns. ``quick``: the sizes were the tiny ones
+    of ``--quick``, which measure nothing; the target column says so instead of setting targets
+    beside numbers that cannot be compared with them."""
     head = "| benchmark | case | rnnkit (ms) | baseline | baseline (ms) | ratio | target |"
     lines = [head, "| --- | --- | ---: | --- | ---: | ---: | --- |"]
     for r in rows:
+        target = QUICK_TARGET if quick else r["target"]
         lines.append(
             f"| {r['benchmark']} | {r['case']} | {r['rnnkit_ms']:.2f} | {r['baseline']} | "
-            f"{r['baseline_ms']:.2f} | {r['ratio']:.2f}x | {r['target']} |"
+            f"{r['baseline_ms']:.2f} | {r['ratio']:.2f}x | {target} |"
         )
     return "\n".join(lines)
 
 
-def write_json(rows: list[dict], path: str | Path) -> None:
-    """Rows, with the device and versions, as JSON."""
+def write_json(rows: list[dict], path: str | Path, **meta_extra) -> None:
+    """Rows, with the device and versions (and ``meta_extra``), as JSON."""
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
     meta = {"torch": torch.__version__, "device": device, "threads": torch.get_num_threads()}
+    meta.update(meta_extra)
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))

@@ -7,6 +7,7 @@ The Jupyter layer lives in ``rnnkit.widgets`` and is never imported by the core.
 from pathlib import Path as _Path
 
 from rnnkit import distributed, tasks
+from rnnkit.attention import BahdanauAttention, LuongAttention
 from rnnkit.batches import Batch
 from rnnkit.callbacks import (
     Callback,
@@ -20,6 +21,7 @@ from rnnkit.callbacks import (
 )
 from rnnkit.cells import GRUCell, LSTMCell, RecurrentCell, RNNCell
 from rnnkit.checkpoint import (
+    NonFiniteCheckpointError,
     export_safetensors,
     import_safetensors,
     load_checkpoint,
@@ -31,10 +33,14 @@ from rnnkit.clipping import (
     clip_gradients,
     first_nonfinite_gradient,
 )
+from rnnkit.compare import Comparison, compare_cells
 from rnnkit.diagnostics import GradientFlow, gradient_flow, saturation, spectral_radius
 from rnnkit.errors import InputError
+from rnnkit.generate import beam_search, sample
 from rnnkit.init import init_recurrent
 from rnnkit.kerasfit import fit
+from rnnkit.language_model import LanguageModel, Stateful
+from rnnkit.loggers import CSVLogger, TensorBoardLogger
 from rnnkit.losses import (
     UncertaintyWeighting,
     balanced_accuracy,
@@ -72,7 +78,9 @@ from rnnkit.sampling import (
 )
 from rnnkit.scan import MinGRU, MinLSTM, MinRNNStack, linear_scan
 from rnnkit.seeding import seed_everything
+from rnnkit.seq2seq import ScheduledSampling, Seq2Seq
 from rnnkit.tbptt import Chunk, detach_state, tbptt
+from rnnkit.text import BPTTBatches, CharVocab, Vocab, bptt_batches, lm_streams
 from rnnkit.trace import StateTrace, trace_states
 from rnnkit.train import Trainer
 from rnnkit.units import RecurrentUnit, recurrent_units
@@ -114,6 +122,7 @@ __all__ = [
     "LRFinderResult",
     "LRSchedule",
     "ModelCheckpoint",
+    "NonFiniteCheckpointError",
     "NonFiniteError",
     "NonFiniteGuard",
     "ProgressBar",
@@ -184,4 +193,21 @@ __all__ = [
     "class_balanced_weights",
     "focal_loss",
     "recall_per_class",
+    "BPTTBatches",
+    "BahdanauAttention",
+    "CharVocab",
+    "LanguageModel",
+    "LuongAttention",
+    "ScheduledSampling",
+    "Seq2Seq",
+    "Stateful",
+    "Vocab",
+    "beam_search",
+    "bptt_batches",
+    "lm_streams",
+    "sample",
+    "Comparison",
+    "compare_cells",
+    "CSVLogger",
+    "TensorBoardLogger",
 ]

@@ -37,7 +37,7 @@ class Batch:
 
     def to(self, device: torch.device) -> Batch:
         """Inputs and targets on ``device``; lengths stay put (rnnkit layers take any device)."""
-        return Batch(_to_device(self.x, device), _to_device(self.y, device), self.lengths)
+        return Batch(to_device(self.x, device), to_device(self.y, device), self.lengths)
 
 
 def first_tensor(tree) -> Tensor:
@@ -47,13 +47,14 @@ def first_tensor(tree) -> Tensor:
     return first_tensor(next(iter(values)))
 
 
-def _to_device(tree, device: torch.device):
+def to_device(tree, device: torch.device):
+    """Every tensor of ``tree`` (tensors, dicts, lists, tuples) moved to ``device``."""
     if isinstance(tree, Tensor):
-        return tree.to(device, non_blocking=True)
+        return tree if tree.device == device else tree.to(device, non_blocking=True)
     if isinstance(tree, Mapping):
-        return {k: _to_device(v, device) for k, v in tree.items()}
+        return {k: to_device(v, device) for k, v in tree.items()}
     if isinstance(tree, (list, tuple)):
-        return type(tree)(_to_device(v, device) for v in tree)
+        return type(tree)(to_device(v, device) for v in tree)
     return tree
 
 
@@ -79,6 +80,20 @@ def default_forward_fn(model: nn.Module, batch: Batch):
     if batch.lengths is None:
         return model(batch.x)
     return model(batch.x, lengths=batch.lengths)
+
+
+def stateful_forward(model: nn.Module, batch: Batch, state):
+    """``model(x, state)`` (with ``lengths=`` when the batch has them) -> ``(output, state)``."""
+    if batch.lengths is None:
+        result = model(batch.x, state)
+    else:
+        result = model(batch.x, state, lengths=batch.lengths)
+    if not isinstance(result, tuple) or len(result) != 2:
+        raise TypeError(
+            "a stateful model's forward must return (output, state), got "
+            f"{type(result).__name__}; see rnnkit.LanguageModel or wrap the model"
+        )
+    return result
 
 
 class TensorData(Dataset):

@@ -295,39 +295,56 @@ def load_model_state(model: nn.Module, state_dict: Mapping, source: str = "check
     model.load_state_dict(state_dict)
 
 
+EXTRA = "rnnkit.extra:"  # metadata key prefix of a state-dict entry that is a string
+
+
 def export_safetensors(
     model: nn.Module, path: PathLike, metadata: Mapping[str, str] | None = None
 ) -> Path:
     """Write ``model``'s state dict as a ``.safetensors`` file (atomically).
 
     safetensors stores raw tensors and a JSON header only, so loading it can never run code.
-    Tensors that share memory (tied weights) are stored once each under every name.
+    Tensors that share memory (tied weights) are stored once each under every name. String
+    entries of the state dict (extra state, e.g. :class:`rnnkit.LanguageModel`'s vocabulary as
+    JSON) go into the header's metadata under ``"rnnkit.extra:<name>"``; any other non-tensor
+    entry is refused. Refused too (nothing written): a NaN or infinite parameter.
     """
     from safetensors.torch import save
 
     _refuse_nonfinite(str(path), nonfinite_entries(dict(model.named_parameters())))
     tensors, seen = {}, set()
+    header = {str(k): str(v) for k, v in (metadata or {}).items()}
     for name, tensor in model.state_dict().items():
+        if isinstance(tensor, str):
+            header[EXTRA + name] = tensor
+            continue
         if not isinstance(tensor, torch.Tensor):
-            continue  # extra state (e.g. a vocabulary) has no place among raw tensors
+            raise TypeError(
+                f"export_safetensors: state-dict entry {name!r} is a {type(tensor).__name__}; "
+                "safetensors holds tensors (and strings in its metadata) only"
+            )
         tensor = tensor.detach().cpu().contiguous()
         key = (tensor.untyped_storage().data_ptr(), tensor.storage_offset())
         tensors[name] = tensor.clone() if key in seen else tensor
         seen.add(key)
-    data = save(tensors, metadata={str(k): str(v) for k, v in (metadata or {}).items()})
+    data = save(tensors, metadata=header)
     return atomic_write(path, lambda file: file.write(data))
 
 
 def import_safetensors(model: nn.Module, path: PathLike) -> nn.Module:
     """Load weights written by :func:`export_safetensors` (or any safetensors state dict) into
-    ``model``; a file for another model raises a ``ValueError`` listing the differences."""
-    from safetensors import SafetensorError
+    ``model``, string entries from the metadata included; a file for another model raises a
+    ``ValueError`` listing the differences."""
+    from safetensors import SafetensorError, safe_open
     from safetensors.torch import load
 
     path = Path(path)
     try:
         tensors = load(path.read_bytes())
+        with safe_open(str(path), framework="pt") as file:
+            header = file.metadata() or {}
     except SafetensorError as err:
         raise ValueError(f"{path} is not a valid safetensors file: {err}") from None
-    load_model_state(model, tensors, source=str(path))
+    state = {**tensors, **{k[len(EXTRA) :]: v for k, v in header.items() if k.startswith(EXTRA)}}
+    load_model_state(model, state, source=str(path))
     return model

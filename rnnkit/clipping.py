@@ -35,6 +35,14 @@ def first_nonfinite_gradient(parameters: NamedParameters) -> str | None:
     return None
 
 
+def first_nonfinite(parameters: NamedParameters) -> str | None:
+    """The name of the first parameter that itself holds a NaN or an infinity, else None."""
+    for name, p in _named(parameters):
+        if not torch.isfinite(p.detach()).all():
+            return name
+    return None
+
+
 def _named(parameters: NamedParameters) -> list[tuple[str, Tensor]]:
     if isinstance(parameters, nn.Module):
         return list(parameters.named_parameters())

@@ -63,7 +63,7 @@ def _observing(model: nn.Module, observe: Callable[[str, int, Tensor], None]) ->
             if isinstance(module, (_recurrent._TorchCompatible, _recurrent.Recurrent)):
                 undo.append(partial(_set_attrs, module, module._observer, module.engine))
                 module._observer = hook
-                if module.engine == "fused":  # the observer needs the loop
+                if module.engine in ("fused", "triton"):  # the observer needs the loop
                     module.engine = "auto"
                 continue
             subclass = _TORCH_TO_RNNKIT.get(type(module))

@@ -190,13 +190,6 @@ def shard_loader_for_eval(loader: DataLoader, env: DistEnv) -> DataLoader:
     )
 
 
-def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
-    """Sum each value over all ranks (float64 on the wire)."""
-    tensor = torch.tensor(values, dtype=torch.float64, device=device)
-    dist.all_reduce(tensor)
-    return tensor.tolist()
-
-
 def all_reduce_tensor(tensor: torch.Tensor) -> torch.Tensor:
     """``tensor`` summed over all ranks (a new tensor; the input is left alone)."""
     total = tensor.clone()

@@ -32,11 +32,11 @@ from torch.utils.data import (
     DataLoader,
     RandomSampler,
     Sampler,
-    SequentialSampler,
 )
 
 from rnnkit import distributed as ddp
-from rnnkit.batches import TensorData, check_tensors
+from rnnkit import names
+from rnnkit.batches import TensorData, check_tensors, leaves
 
 
 def is_batch_source(data: object) -> bool:
@@ -86,6 +86,42 @@ def make_loader(
     if role == "train":
         return ddp.distribute_loader(loader, env)
     return ddp.shard_loader_for_eval(loader, env)
+
+
+def trainer_loader(trainer, data, *, batch_size, shuffle, drop_last, role: str):
+    """:func:`make_loader` for ``trainer``: tensor data checked against its loss and model, and a
+    stateful trainer refused shuffled batches."""
+    if isinstance(data, (tuple, list)) and len(data) in (2, 3):
+        _check_dtypes(trainer, data[0], data[1], role)
+    loader = make_loader(
+        data,
+        batch_size=batch_size,
+        shuffle=shuffle,
+        drop_last=drop_last,
+        role=role,
+        env=trainer._env,
+    )
+    if trainer.stateful and role == "train" and is_shuffled(loader):
+        raise ValueError(
+            "stateful training carries the state from one batch to the next, so the batches "
+            "must come in order: pass shuffle=False (or a batch source such as "
+            "rnnkit.bptt_batches)"
+        )
+    return loader
+
+
+def _check_dtypes(trainer, x, y, role: str) -> None:
+    try:
+        names.check_target_dtype(trainer.loss, y)
+    except ValueError as err:
+        raise ValueError(f"{role} data: {err}") from None
+    params = next(trainer.model.parameters(), None)
+    for name, t in leaves(x, "x"):
+        if params is not None and t.is_floating_point() and t.dtype != params.dtype:
+            raise ValueError(
+                f"{role} data: {name} has dtype {t.dtype} but the model's parameters are "
+                f"{params.dtype}; convert one of them (e.g. x.to({params.dtype}))"
+            )
 
 
 def is_shuffled(source) -> bool:
@@ -144,11 +180,3 @@ def batch_size_of(source) -> int | None:
             return sampler.batch_size
         return getattr(sampler, "batch_size", source.batch_size)
     return getattr(source, "batch_size", None)
-
-
-def plain_order(source) -> bool:
-    """True for a loader over a plain sequential or random sampler (replayable by re-iterating)."""
-    return isinstance(source, DataLoader) and type(source.sampler) in (
-        SequentialSampler,
-        RandomSampler,
-    )

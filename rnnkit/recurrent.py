@@ -12,6 +12,7 @@ sequence alone gives. How:
 
 * own loop (:mod:`rnnkit.engines.loop`): a masked update ``state_t = where(t < length,
   step(x_t, state_{t-1}), state_{t-1})`` in both directions, so padded steps never touch a state;
+* Triton (:mod:`rnnkit.engines.triton`, CUDA): the same masked update, in each step's kernel;
 * fused kernel (:mod:`rnnkit.engines.fused`): a GRU or RNN runs one padded call per layer and
   direction and gathers each sequence's state at its own end; an LSTM, whose ``c_n`` no padded
   call returns, is cut in time at its distinct lengths and the kernel runs segment after
@@ -40,6 +41,7 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 from rnnkit.cells import gru_step, lstm_step, rnn_step
 from rnnkit.checks import State, check_features, check_state
 from rnnkit.engines import fused, loop
+from rnnkit.engines import triton as triton_engine
 from rnnkit.engines.loop import StepObserver
 from rnnkit.engines.selection import (
     Blockers,
@@ -195,7 +197,8 @@ class _TorchCompatible:
 
     def engine_blockers(self) -> Blockers:
         """What keeps each engine faster than the loop from running this layer now."""
-        return {"fused": [_OBSERVER_BLOCKER] if self._observer is not None else []}
+        observer = [_OBSERVER_BLOCKER] if self._observer is not None else []
+        return {"fused": observer, "triton": observer + triton_engine.blockers(self)}
 
     def _unit_weights(self) -> list[list[Tensor]]:
         return [[getattr(self, n) for n in names] for names in self._all_weights]
@@ -256,6 +259,10 @@ class _TorchCompatible:
                 dropout=self.dropout,
                 training=self.training,
             )
+        elif engine == "triton":
+            states = split_state(hx, len(self._all_weights))
+            output, finals = triton_engine.run(self, prep.x, states, prep.lengths)
+            final = stack_states(finals)
         else:
             output, finals = loop.run_layers(
                 prep.x,
@@ -282,14 +289,15 @@ _ENGINE_DOC = """
     each sequence's length (or a right-padding boolean mask shaped like the input's batch and
     time axes): outputs past a sequence's end are zero and ``h_n`` holds each sequence's state at
     its own last step. ``engine="auto"`` runs the fused kernel whenever it computes the layer
-    exactly and rnnkit's own loop otherwise; ``"loop"`` forces the loop and ``"fused"`` insists on
-    the kernel. Inputs are checked: a wrong shape, size or dtype of the input or of ``hx``, or
-    an empty time axis without ``lengths=``, raises an :class:`rnnkit.InputError` naming the
-    layer, what was expected and what came; it is both a ``ValueError`` and a ``RuntimeError``,
-    so code written for ``torch.nn`` (``except RuntimeError``) keeps working (under autocast,
-    lower-precision inputs are accepted; where CPU autocast would make oneDNN fail to build a
-    bfloat16/float16 LSTM, the LSTM kernel runs in float32 instead). With ``lengths=`` all zero
-    the outputs are zero and ``h_n`` is ``hx``; an empty batch works as in ``torch.nn``.
+    exactly, else on CUDA the Triton engine (:mod:`rnnkit.engines.triton`), else rnnkit's own
+    loop; ``"loop"``, ``"fused"`` and ``"triton"`` insist on one. Inputs are checked: a wrong
+    shape, size or dtype of the input or of ``hx``, or an empty time axis without ``lengths=``,
+    raises an :class:`rnnkit.InputError` naming the layer, what was expected and what came; it
+    is both a ``ValueError`` and a ``RuntimeError``, so code written for ``torch.nn`` (``except
+    RuntimeError``) keeps working (under autocast, lower-precision inputs are accepted; where
+    CPU autocast would make oneDNN fail to build a bfloat16/float16 LSTM, the LSTM kernel runs
+    in float32 instead). With ``lengths=`` all zero the outputs are zero and ``h_n`` is ``hx``;
+    an empty batch works as in ``torch.nn``.
 """
 
 
@@ -369,9 +377,10 @@ class Recurrent(nn.Module):
     ``torch.nn`` does: ``(L * D, B, H)``, or a tuple of such tensors for tuple states.
 
     When every cell is an exact ``RNNCell``/``LSTMCell``/``GRUCell`` (rnnkit's or torch.nn's), the
-    fused kernel runs with the cells' weights; other cells run in rnnkit's loop, with the input
-    projection of rnnkit cells hoisted out of it (``cell.project_input``/``cell.step``).
-    ``forward(input, hx=None, *, lengths=None, mask=None)`` takes lengths as
+    fused kernel runs with the cells' weights; on CUDA the layer-norm LSTM/GRU and IndRNN cells
+    run on the Triton engine (:mod:`rnnkit.engines.triton`); other cells run in rnnkit's loop,
+    with the input projection of rnnkit cells hoisted out of it (``cell.project_input``/
+    ``cell.step``). ``forward(input, hx=None, *, lengths=None, mask=None)`` takes lengths as
     :class:`rnnkit.LSTM` does; bad input raises :class:`rnnkit.InputError` (a ``ValueError``
     and a ``RuntimeError``).
     """
@@ -427,9 +436,8 @@ class Recurrent(nn.Module):
                     "use rnnkit.LSTM/GRU/RNN or standard cells if the variant is not needed",
                 )
             )
-        if self._observer is not None:
-            blockers.append(_OBSERVER_BLOCKER)
-        return {"fused": blockers}
+        observer = [_OBSERVER_BLOCKER] if self._observer is not None else []
+        return {"fused": blockers + observer, "triton": observer + triton_engine.blockers(self)}
 
     def _initial_states(self, x: Tensor) -> list[State]:
         batch = x.shape[1]
@@ -482,6 +490,9 @@ class Recurrent(nn.Module):
                 dropout=self.dropout,
                 training=self.training,
             )
+        elif engine == "triton":
+            output, finals = triton_engine.run(self, prep.x, states, prep.lengths)
+            final = stack_states(finals)
         else:
             step_units = [
                 (c.project_input, c.step) if hasattr(c, "project_input") else (lambda x: x, c)

@@ -24,6 +24,7 @@ silently train on another split of the epoch.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -61,7 +62,16 @@ def data_shape(trainer: Trainer) -> dict:
 def trainer_state(trainer: Trainer) -> dict:
     """The checkpoint dict of ``trainer`` as of its last step boundary (module doc)."""
     model = ddp.unwrap(trainer._net)
-    boundary = trainer._boundary or {"rng": get_rng_state(), "carried_state": trainer.carried_state}
+    boundary = trainer._boundary
+    if boundary is None:
+        if trainer._in_step:
+            warnings.warn(
+                "this checkpoint is written after an interrupt inside a step, and the trainer "
+                "had no callback with on_interrupt (such as ModelCheckpoint) to keep the state "
+                "that step began from: a run resumed from it draws other random numbers",
+                stacklevel=3,
+            )
+        boundary = {"rng": get_rng_state(), "carried_state": trainer.carried_state}
     return {
         "model": model.state_dict(),
         "optimizer": trainer.optimizer.state_dict(),
@@ -148,8 +158,12 @@ def restore(trainer: Trainer, checkpoint, loader) -> dict | None:
             cb.load_state_dict(cb_state)
     if "epoch_sums" in state:
         trainer._sums.load_state_dict(state["epoch_sums"], trainer.device)
+    elif "epoch_totals" in state:  # format 1
+        trainer._sums.load_state_dict(_sums_from_totals(state["epoch_totals"]), trainer.device)
     trainer.carried_state = _to(state.get("carried_state"), trainer.device)
     trainer._epoch_start = state.get("epoch_start")
+    if trainer._epoch_start is None and "epoch_rng" in state:  # format 1
+        trainer._epoch_start = {"rng": state["epoch_rng"], "sampler": state.get("sampler")}
     if trainer.batch_in_epoch == 0:  # at an epoch boundary: a normal epoch start follows
         set_rng_state(state["rng"])
         return None
@@ -216,6 +230,17 @@ def _check_same_epoch_cut(trainer: Trainer, saved: dict | None, source: str) -> 
             "the batch size, data and number of processes it was written with, or from a "
             "checkpoint at an epoch boundary"
         )
+
+
+def _sums_from_totals(totals: dict) -> dict:
+    """Format 1's per-sample epoch totals as :class:`rnnkit.accounting.EpochSums` state."""
+    samples = float(totals["samples"])
+    return {
+        "loss_sum": torch.tensor(float(totals["loss"]), dtype=torch.float64),
+        "weight": samples,
+        "sums": {k: torch.tensor([float(v), samples]) for k, v in totals["metrics"].items()},
+        "skipped": int(totals["skipped"]),
+    }
 
 
 def _to(tree, device):

@@ -1,5 +1,8 @@
 """Length bucketing: batches of similar lengths, so that padded batches are mostly real steps.
 
+(These are *batch samplers* for DataLoaders. To draw text from a language model, see
+:func:`rnnkit.sample` in :mod:`rnnkit.generate`.)
+
 A random batch of lengths drawn from a long-tailed distribution is padded to its longest member
 and is mostly padding; sorting by length before batching removes most of it but makes every
 epoch the same. The samplers here sort *pools* of randomly drawn samples instead (the "sortish"

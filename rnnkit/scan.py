@@ -49,6 +49,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rnnkit.engines.selection import describe
+from rnnkit.engines.triton import support as triton_support
 from rnnkit.errors import InputError
 from rnnkit.recurrent import _check_state, _finish, _prepare, _valid
 
@@ -64,8 +65,13 @@ def _chunked_scan(a: Tensor, b: Tensor, h0: Tensor, reverse: bool) -> Tensor:
     """All states of ``h_t = a_t h_{t-1} + b_t`` (``h_{-1} = h0``) for ``a, b (T, *S)``.
 
     ``reverse`` runs from the last step to the first (``h_t = a_t h_{t+1} + b_t``). The
-    algorithm is the module docstring's chunked scan; ``T >= 1``.
+    algorithm is the module docstring's chunked scan; ``T >= 1``. On CUDA with triton installed
+    it runs as three Triton kernels (:mod:`rnnkit.engines.triton.scan`, same algorithm).
     """
+    if _on_triton(a):
+        from rnnkit.engines.triton.scan import chunked_scan
+
+        return chunked_scan(a, b, h0, reverse)
     steps, shape = a.shape[0], a.shape[1:]
     chunk = math.isqrt(steps - 1) + 1  # ceil(sqrt(T))
     n = -(-steps // chunk)
@@ -94,6 +100,11 @@ def _chunked_scan(a: Tensor, b: Tensor, h0: Tensor, reverse: bool) -> Tensor:
         previous = torch.addcmul(b[:, j], a[:, j], previous, out=h[:, j])
     h = h.reshape(n * chunk, *shape)
     return h[pad:] if reverse else h[:steps]
+
+
+def _on_triton(a: Tensor) -> bool:
+    """Whether the chunked scan runs as Triton kernels: on CUDA, where triton is installed."""
+    return a.is_cuda and triton_support.triton_installed()
 
 
 class _LinearScan(torch.autograd.Function):

@@ -62,8 +62,8 @@ from torch.nn.utils import clip_grads_with_norm_, get_total_norm
 
 from rnnkit import distributed as ddp
 from rnnkit import loaders, names, resume
-from rnnkit.accounting import EpochSums, StepRecord
-from rnnkit.batches import Batch, default_batch_fn, default_forward_fn, leaves
+from rnnkit.accounting import EpochSums, StepRecord, batch_stats
+from rnnkit.batches import Batch, default_batch_fn, default_forward_fn, stateful_forward, to_device
 from rnnkit.callbacks import (
     Callback,
     History,
@@ -72,26 +72,13 @@ from rnnkit.callbacks import (
     NonFiniteGuard,
     ProgressBar,
 )
-from rnnkit.clipping import first_nonfinite_gradient
-from rnnkit.seeding import get_rng_state
+from rnnkit.clipping import first_nonfinite, first_nonfinite_gradient
+from rnnkit.control import Requests
+from rnnkit.seeding import get_rng_state, set_rng_state
 from rnnkit.tbptt import detach_state
 from rnnkit.update_guard import UpdateGuard
 
 STATUSES = ("idle", "running", "paused", "stopped", "finished", "failed")
-
-
-def stateful_forward(model: nn.Module, batch: Batch, state):
-    """``model(x, state)`` (with ``lengths=`` when the batch has them) -> ``(output, state)``."""
-    if batch.lengths is None:
-        result = model(batch.x, state)
-    else:
-        result = model(batch.x, state, lengths=batch.lengths)
-    if not isinstance(result, tuple) or len(result) != 2:
-        raise TypeError(
-            "a stateful model's forward must return (output, state), got "
-            f"{type(result).__name__}; see rnnkit.LanguageModel or wrap the model"
-        )
-    return result
 
 
 class Trainer:
@@ -128,6 +115,8 @@ class Trainer:
         distributed: "auto" (join a torchrun run when there is one), True, or False.
         stateful: carry the recurrent state across batches (module doc).
 
+    ``fit`` may run in a thread of its own (a panel's Start button does); call
+    ``torch.set_num_threads`` in that thread, since OpenMP keeps its thread count per thread.
     Control from any thread, effective at the next step boundary: :meth:`stop`, :meth:`pause`,
     :meth:`unpause`, :meth:`set_lr`, :meth:`copy_model`; ``grad_clip`` may be set at any time.
     ``status`` is one of "idle", "running", "paused", "stopped", "finished", "failed" (``error``
@@ -219,6 +208,7 @@ class Trainer:
         self._reads_override: bool | None = None  # tests force a choice
         self._after_backward: list[Callback] = []
         self._thread: threading.Thread | None = None
+        self._streams: int | None = None  # stateful: rows per batch this epoch
         self._net: nn.Module = model
         self._env: ddp.DistEnv | None = None
         self._flags: ddp.FlagExchange | None = None
@@ -226,39 +216,31 @@ class Trainer:
         self._update_guard = UpdateGuard(optimizer, self._params)
         self._pending: StepRecord | None = None
         self._boundary: dict | None = None  # RNG and carried state when the running step began
+        self._keep_boundary = False  # whether to take _boundary at every step (_choose_reads)
+        self._in_step = False
         self._epoch_start: dict | None = None  # what replays the running epoch's data order
         self._loader = None
-        self._lock = threading.Lock()
-        self._resume = threading.Event()
-        self._resume.set()
-        self._pause_requested = self._stop_requested = self._sigint = False
-        self._pending_lr: float | None = None
-        self._copy_requests: list[tuple[threading.Event, list]] = []
+        self.requests = Requests()
         self._updating = False
 
-    # ---- control from other threads -----------------------------------------------------
+    # ---- control from other threads (rnnkit.control) ------------------------------------
 
     def stop(self) -> None:
         """End the run at the next step boundary (returns at once; ``fit`` returns normally)."""
-        self._stop_requested = True
-        self._resume.set()
+        self.requests.ask_stop()
 
     def pause(self) -> None:
         """Hold the loop at the next step boundary until :meth:`unpause` (or :meth:`stop`)."""
-        self._pause_requested = True
-        self._resume.clear()
+        self.requests.ask_pause()
 
     def unpause(self) -> None:
         """Let a paused loop continue."""
-        self._pause_requested = False
-        self._resume.set()
+        self.requests.ask_unpause()
 
     def set_lr(self, lr: float) -> None:
         """Set every parameter group's learning rate from the next step on (recorded in
         ``history.events``). A running LR schedule stops: manual control wins."""
-        lr = names.check_lr(lr)
-        with self._lock:
-            self._pending_lr = lr
+        self.requests.ask_lr(names.check_lr(lr))
         if self.status not in ("running", "paused"):
             self._apply_pending_lr()
 
@@ -269,17 +251,14 @@ class Trainer:
         boundary (this call waits for it), so that using the copy — sampling from it, say —
         cannot touch the running job or its random numbers. Otherwise the model is copied now.
         """
-        running = self.status in ("running", "paused")
-        if not running or threading.current_thread() is self._thread:
-            return copy.deepcopy(ddp.unwrap(self._net))
-        done, box = threading.Event(), []
-        with self._lock:
-            self._copy_requests.append((done, box))
-        if self.status == "paused":
-            self._resume.set()  # the paused loop answers, then waits again
-        if not done.wait(timeout):
-            raise TimeoutError(f"no step boundary within {timeout} s to copy the model at")
-        return box[0]
+        if threading.current_thread() is not self._thread:
+            answered, copied = self.requests.ask_copy(timeout)
+            if answered:
+                return copied
+        return self._copy()
+
+    def _copy(self) -> nn.Module:
+        return copy.deepcopy(ddp.unwrap(self._net))
 
     @property
     def is_main_process(self) -> bool:
@@ -332,6 +311,8 @@ class Trainer:
         if self.status in ("running", "paused"):
             raise RuntimeError("this Trainer is already running a fit")
         shuffle = (not self.stateful) if shuffle is None else shuffle
+        self._thread = threading.current_thread()
+        self.requests.open()
         try:
             self._prepare_run()
             train_loader = self._make_loader(train, batch_size, shuffle, drop_last, "train")
@@ -349,28 +330,27 @@ class Trainer:
                 self.max_steps = None if max_steps is None else self.step + max_steps
         except BaseException as exc:
             self.status, self.error = "failed", exc
+            self.requests.close(self._copy)
             raise
-        self._stop_requested = self._sigint = self.stop_training = self.interrupted = False
-        self._pause_requested = False
-        self._resume.set()
+        self.requests.reset()
+        self.stop_training = self.interrupted = False
         self.clean_stop, self.error = True, None
         self.status = "running"
-        self._thread = threading.current_thread()
         self._choose_reads()
-        previous_handler = self._install_sigint_handler()
+        previous_handler = self.requests.install_sigint_handler()
         try:
             self._emit("on_fit_begin")
             while self.epoch < self.epochs and not self._end_requested(at_once=True):
                 if not self._run_epoch(train_loader, val_loader, replay):
                     break
                 replay = None
-            if self._stop_requested or self._sigint:
+            if self.requests.ending:
                 self._end_interrupted()
             else:
                 self.status = "finished"
         except KeyboardInterrupt:  # a second Ctrl+C, or one outside our handler
             self.clean_stop = not self._updating
-            self._sigint = True
+            self.requests.sigint = True
             self._end_interrupted()
         except BaseException as exc:
             self.status, self.error = "failed", exc
@@ -378,20 +358,19 @@ class Trainer:
             raise
         finally:
             self._updating = False
-            self._answer_copy_requests()
+            self.requests.close(self._copy)
             if self._flags is not None:
                 self._flags.drain()
             if previous_handler is not None:
                 signal.signal(signal.SIGINT, previous_handler)
             self._emit("on_fit_end")
-        if self._sigint:
+        if self.requests.sigint:
             raise KeyboardInterrupt("training interrupted; trainer, model and history are kept")
         return self.history
 
     def _end_interrupted(self) -> None:
         self.status, self.interrupted = "stopped", True
-        self._emit("on_interrupt")
-        self._boundary = None
+        self._emit("on_interrupt")  # _boundary stays: a later save resumes the aborted step
 
     def _run_epoch(self, train_loader, val_loader, replay: dict | None) -> bool:
         """One epoch; False if the run ended at a step boundary inside it."""
@@ -404,14 +383,17 @@ class Trainer:
             batches = iter(train_loader)
         else:
             batches = resume.replay(train_loader, replay)
+        self._streams = None
         self._emit("on_epoch_begin", self.epoch)
         while True:
             if self._at_step_boundary():
                 return False
-            self._boundary = {"rng": get_rng_state(), "carried_state": self.carried_state}
+            self._in_step = True
+            if self._keep_boundary:
+                self._boundary = {"rng": get_rng_state(), "carried_state": self.carried_state}
             raw = next(batches, None)
             if raw is None:
-                self._boundary = None
+                self._in_step, self._boundary = False, None
                 break
             self._emit("on_batch_begin", self.batch_in_epoch)
             self._train_step(raw)
@@ -427,7 +409,8 @@ class Trainer:
     def _train_step(self, raw) -> None:
         started = time.perf_counter()
         batch = self.batch_fn(raw)
-        self._net.train()
+        if not self._net.training:
+            self._net.train()
         with self._autocast():
             output = self._forward(batch)
             target = self._target(batch.y, output, "train")
@@ -460,11 +443,14 @@ class Trainer:
                 record.logs["skipped"] = True
         if not record.logs.get("skipped"):
             record.ok = self._update(loss, grad_norm, grads, batch)
-        kept = record.ok if record.ok is not None else torch.zeros((), dtype=torch.bool)
-        self._sums.add(stats, kept.to(loss.device))
+        if self.defer_reads:  # kept or not is known on the device only
+            kept = record.ok if record.ok is not None else torch.zeros((), dtype=torch.bool)
+            self._sums.add(stats, kept.to(loss.device))
+        else:
+            record.stats = stats  # added once the step is read (_finish_step)
         self.step += 1
         self.batch_in_epoch += 1
-        self._boundary = None
+        self._in_step, self._boundary = False, None
         record.logs["time"] = time.perf_counter() - started
         if self.defer_reads:
             self._pending = record
@@ -472,9 +458,18 @@ class Trainer:
             self._finish_step(record)
 
     def _forward(self, batch: Batch):
-        batch = Batch(_to_device(batch.x, self.device), batch.y, batch.lengths)
+        batch = Batch(to_device(batch.x, self.device), batch.y, batch.lengths)
         if not self.stateful:
             return self.forward_fn(self._net, batch)
+        if self._streams is None:
+            self._streams = batch.size
+        elif batch.size != self._streams:
+            raise ValueError(
+                f"stateful training carries one state per stream, so every batch needs the same "
+                f"number of rows: the epoch began with {self._streams}, this batch has "
+                f"{batch.size}. Drop the short last batch (drop_last=True) or use "
+                "rnnkit.bptt_batches"
+            )
         output, state = self.forward_fn(self._net, batch, self.carried_state)
         self.carried_state = detach_state(state)
         return output
@@ -485,20 +480,10 @@ class Trainer:
             self.loss.spec.check(self.loss.name, output, y)
         except ValueError as err:
             raise type(err)(f"{role} data: {err}") from None
-        return _to_device(y, self.device)
+        return to_device(y, self.device)
 
     def _stats(self, output, target, batch_size: int, loss: Tensor) -> dict[str, Tensor]:
-        """This batch's statistics for the epoch sums (see :mod:`rnnkit.names`)."""
-        with torch.no_grad():
-            weight = self.loss.spec.weight(output, target, batch_size)
-            weight = torch.as_tensor(weight, device=loss.device, dtype=torch.float32)
-            stats = {"loss": torch.stack([loss.detach().float() * weight, weight])}
-            out = output.detach() if isinstance(output, Tensor) else output
-            for name, (metric, check) in self._metric_specs.items():
-                if check is not None:
-                    check.check(f"metric {name!r}", out, target)
-                stats[name] = metric.stats(out, target, batch_size)
-        return stats
+        return batch_stats(self.loss, self._metric_specs, output, target, batch_size, loss)
 
     def _metric_values(self, stats: dict[str, Tensor]) -> dict[str, Tensor]:
         return {name: metric.value(stats[name]) for name, (metric, _) in self._metric_specs.items()}
@@ -528,6 +513,9 @@ class Trainer:
                 self.scaler.update()
             else:
                 self.optimizer.step()
+        except BaseException:
+            self._update_guard.restore()  # never leave a half-applied update behind
+            raise
         finally:
             self._updating = False
             if factor != 1.0:
@@ -554,6 +542,11 @@ class Trainer:
                 culprit = culprit or first_nonfinite(self._named_params())
                 self._update_guard.restore()
             self.guard.on_skipped(self, logs, culprit)  # "stop" raises; "skip" counts
+        if record.stats is not None:
+            if logs.get("skipped"):
+                self._sums.skipped += 1
+            else:
+                self._sums.add(record.stats, None)
         self._emit("on_batch_end", logs)
 
     def _named_params(self) -> list[tuple[str, Tensor]]:
@@ -582,6 +575,12 @@ class Trainer:
             self.defer_reads = self.device.type == "cuda" and not custom
         else:
             self.defer_reads = self._reads_override
+        # A checkpoint can be written while a step is in flight only by on_interrupt (Ctrl+C
+        # inside a step) or by a deferred on_batch_end; only then is the state at each step's
+        # start worth taking (the generators' state costs ~40 us to read).
+        self._keep_boundary = self.defer_reads or any(
+            _overrides(cb, "on_interrupt") for cb in self.callbacks
+        )
 
     def _epoch_logs(self, val_loader, seconds: float) -> dict:
         totals = self._sums.read(self.device, self._env is not None)
@@ -604,7 +603,8 @@ class Trainer:
     def evaluate(self, data, batch_size: int = 32) -> dict:
         """Mean loss and metrics over ``data`` (a DataLoader, batch source or tensors), in eval
         mode; weighted as in training, every sample counted once over all ranks. A stateful
-        model starts from a reset state and carries it through the data in order.
+        model starts from a reset state and carries it through the data in order. The global
+        random generators are left as they were, so validating does not change training.
 
         Returns ``{"loss": float, "metrics": {name: float}}``.
         """
@@ -617,12 +617,13 @@ class Trainer:
         model = ddp.unwrap(self._net)  # no collectives: ranks may have unequal shares
         was_training = model.training
         model.eval()
+        rng = get_rng_state()  # iterating a DataLoader draws from it: keep training's draws
         sums = EpochSums(self._sums.metrics)
         state = None
         try:
             for raw in data:
                 batch = self.batch_fn(raw)
-                batch = Batch(_to_device(batch.x, self.device), batch.y, batch.lengths)
+                batch = Batch(to_device(batch.x, self.device), batch.y, batch.lengths)
                 with self._autocast():
                     if self.stateful:
                         output, state = self.forward_fn(model, batch, state)
@@ -633,6 +634,7 @@ class Trainer:
                 sums.add(self._stats(output, target, batch.size, loss), None)
         finally:
             model.train(was_training)
+            set_rng_state(rng)
         result = sums.read(self.device, self._env is not None)
         return {"loss": result["loss"], "metrics": result["metrics"]}
 
@@ -640,37 +642,33 @@ class Trainer:
 
     def _at_step_boundary(self) -> bool:
         """Apply requests from other threads; True when the run must end here."""
-        if self._pause_requested and not (self._stop_requested or self._sigint):
+        if self.requests.pause and not self.requests.ending:
             self._resolve_pending()
             self.status = "paused"
-            while self._pause_requested and not (self._stop_requested or self._sigint):
-                self._resume.wait()
-                self._answer_copy_requests()
-                if self._pause_requested:
-                    self._resume.clear()
+            self.requests.wait_while_paused(self._copy)
             self.status = "running"
         self._apply_pending_lr()
-        self._answer_copy_requests()
+        self.requests.answer_copies(self._copy)
         return self._end_requested()
 
     def _end_requested(self, at_once: bool = False) -> bool:
         """Whether the run ends here. Under DDP every rank must end at the same boundary: the
         ranks agree on the flags one boundary late (no wait per step), or ``at_once`` (between
         epochs) with a blocking all-reduce."""
-        flags = [self._stop_requested, self._sigint, self.stop_training]
+        req = self.requests
+        flags = [req.stop, req.sigint, self.stop_training]
         if self._flags is not None:
             agreed = self._flags.agree(flags) if at_once else self._flags.exchange(flags)
             if not any(agreed):
                 return False
             flags = [a or f for a, f in zip(agreed, flags, strict=True)]
-            self._stop_requested, self._sigint, self.stop_training = flags
+            req.stop, req.sigint, self.stop_training = flags
         if any(flags):
             self._resolve_pending()
         return any(flags)
 
     def _apply_pending_lr(self) -> None:
-        with self._lock:
-            lr, self._pending_lr = self._pending_lr, None
+        lr = self.requests.take_lr()
         if lr is None:
             return
         for group in self.optimizer.param_groups:
@@ -680,25 +678,6 @@ class Trainer:
             self.scheduler_active = False
             event["scheduler"] = "stopped"
         self.history.events.append(event)
-
-    def _answer_copy_requests(self) -> None:
-        with self._lock:
-            requests, self._copy_requests = self._copy_requests, []
-        for done, box in requests:
-            box.append(copy.deepcopy(ddp.unwrap(self._net)))
-            done.set()
-
-    def _install_sigint_handler(self):
-        if threading.current_thread() is not threading.main_thread():
-            return None  # signals reach the main thread only; stop() works from anywhere
-
-        def on_sigint(signum, frame):
-            if self._sigint:  # second Ctrl+C: interrupt now
-                raise KeyboardInterrupt
-            self._sigint = True
-            self._resume.set()
-
-        return signal.signal(signal.SIGINT, on_sigint)
 
     # ---- set-up ---------------------------------------------------------------------------
 
@@ -727,36 +706,9 @@ class Trainer:
             yield
 
     def _make_loader(self, data, batch_size, shuffle: bool, drop_last: bool, role: str):
-        if isinstance(data, (tuple, list)) and len(data) in (2, 3):
-            self._check_dtypes(data[0], data[1], role)
-        loader = loaders.make_loader(
-            data,
-            batch_size=batch_size,
-            shuffle=shuffle,
-            drop_last=drop_last,
-            role=role,
-            env=self._env,
+        return loaders.trainer_loader(
+            self, data, batch_size=batch_size, shuffle=shuffle, drop_last=drop_last, role=role
         )
-        if self.stateful and role == "train" and loaders.is_shuffled(loader):
-            raise ValueError(
-                "stateful training carries the state from one batch to the next, so the batches "
-                "must come in order: pass shuffle=False (or a batch source such as "
-                "rnnkit.bptt_batches)"
-            )
-        return loader
-
-    def _check_dtypes(self, x, y, role: str) -> None:
-        try:
-            names.check_target_dtype(self.loss, y)
-        except ValueError as err:
-            raise ValueError(f"{role} data: {err}") from None
-        params = next(self.model.parameters(), None)
-        for name, t in leaves(x, "x"):
-            if params is not None and t.is_floating_point() and t.dtype != params.dtype:
-                raise ValueError(
-                    f"{role} data: {name} has dtype {t.dtype} but the model's parameters are "
-                    f"{params.dtype}; convert one of them (e.g. x.to({params.dtype}))"
-                )
 
     # ---- checkpoints ----------------------------------------------------------------------
 
@@ -800,12 +752,3 @@ def _trained_parameters(model: nn.Module, optimizer: torch.optim.Optimizer) -> l
             "model may be added beside them)"
         )
     return params
-
-
-def first_nonfinite(named: list[tuple[str, Tensor]]) -> str | None:
-    """The name of the first parameter holding a NaN or an infinity, else None."""
-    return next((n for n, p in named if not torch.isfinite(p.detach()).all()), None)
-
-
-def _to_device(tree, device: torch.device):
-    return Batch(tree, None).to(device).x

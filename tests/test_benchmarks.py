@@ -5,9 +5,11 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 import benchmarks.__main__ as suite
 from benchmarks.__main__ import discover
+from benchmarks.common import Skipped
 from benchmarks.import_time import JUPYTER_MODULES, measure_import
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -31,11 +33,18 @@ def test_quick_suite_runs_every_script_and_prints_one_table(tmp_path):
     assert {"layers", "scan", "import_time"} <= set(scripts)
     result = _benchmarks("--quick", "--threads", "1", "--json", str(tmp_path / "all.json"))
     assert result.returncode == 0, result.stderr
-    rows = json.loads((tmp_path / "all.json").read_text())["rows"]
-    assert {r["script"] for r in rows} == set(scripts)
+    written = json.loads((tmp_path / "all.json").read_text())
+    rows, skipped = written["rows"], written["meta"]["skipped"]
+    assert {r["script"] for r in rows} | set(skipped) == set(scripts)
+    assert set(skipped) <= {"gpu"}  # only the GPU script may skip, and only without CUDA
+    if not torch.cuda.is_available():
+        assert "no CUDA device" in skipped["gpu"]
+        assert "skipped gpu: no CUDA device" in result.stdout
     table = [line for line in result.stdout.splitlines() if line.startswith("| ")]
     assert table[0].startswith("| benchmark | case |")
     assert len(table) == 2 + len(rows)  # header, rule, one line per row
+    for line in table[2:]:  # tiny sizes measure nothing: no target beside their numbers
+        assert line.endswith("| not measured at this size (--quick) |"), line
     for r in rows:
         assert f"| {r['benchmark']} | {r['case']} |" in result.stdout
         assert r["ratio"] == pytest.approx(r["rnnkit_ms"] / r["baseline_ms"], rel=0.01, abs=2e-3)
@@ -78,9 +87,27 @@ def test_suite_reports_failing_scripts_and_still_runs_the_others(monkeypatch, tm
     assert "RuntimeError: broken script" in err
     assert "fake_empty returned no rows" in err
     assert "failed: fake_empty, fake_fails" in err
-    assert "| fake | c | 1.00 | b | 2.00 | 0.50x | t |" in out
+    assert "| fake | c | 1.00 | b | 2.00 | 0.50x | not measured at this size (--quick) |" in out
     rows = json.loads((tmp_path / "out.json").read_text())["rows"]
     assert [r["script"] for r in rows] == ["fake_works"]
+
+
+def test_a_skipped_script_is_reported_and_does_not_fail_the_run(monkeypatch, tmp_path, capsys):
+    def skips(quick):
+        raise Skipped("no such device here")
+
+    works = [{"benchmark": "fake", "case": "c", "rnnkit_ms": 1.0, "baseline": "b"}]
+    works[0] |= {"baseline_ms": 2.0, "ratio": 0.5, "target": "t"}
+    for name, run in {"fake_skips": skips, "fake_works": lambda quick: works}.items():
+        monkeypatch.setitem(sys.modules, f"benchmarks.{name}", type(sys)(name))
+        sys.modules[f"benchmarks.{name}"].run = run
+    monkeypatch.setattr(suite, "discover", lambda: ["fake_skips", "fake_works"])
+    assert suite.main(["--quick", "--json", str(tmp_path / "out.json")]) == 0
+    out, err = capsys.readouterr()
+    assert "fake_skips: skipped (no such device here)" in err
+    assert "skipped fake_skips: no such device here" in out
+    meta = json.loads((tmp_path / "out.json").read_text())["meta"]
+    assert meta["skipped"] == {"fake_skips": "no such device here"}
 
 
 @pytest.mark.slow  # a fresh interpreter imports torch

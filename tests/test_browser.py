@@ -1,11 +1,22 @@
-"""The whole Jupyter layer once, end to end: JupyterLab in a real browser (Debian's Chromium,
-driven by Playwright) runs a notebook with a TrainingPanel; the test clicks Start, sees the
-step count advance, clicks Stop, and checks the status and an idle kernel. A screenshot is
-saved to artifacts/browser_panel.png.
+"""The whole Jupyter layer once, end to end, in a real browser (Debian's Chromium, driven by
+Playwright).
 
-Every wait is for an event (the server answering, an element or a text appearing, the step
-count growing); the timeouts are only guards against a hang, generous enough for a cold start
-on a loaded machine (a first JupyterLab load, a kernel importing torch), never a speed limit."""
+* JupyterLab runs a notebook with a TrainingPanel; the test clicks Start, sees the step count
+  advance, types a learning rate ten times lower into the slider's readout, sees the lr chart
+  rescale to show it, clicks Stop, and checks the status and an idle kernel. Screenshots:
+  artifacts/browser_panel.png (the page at the end), artifacts/browser_panel_lr.png (the panel
+  after the lr change).
+* A stored notebook as GitHub shows it: nbconvert to HTML with the widget-view output type
+  ignored and no widget manager (offline: every request but the file itself is refused);
+  the widgets must read as their text/HTML fallbacks, never as ``VBox(children=...``.
+  Screenshots: artifacts/stored_<notebook>.png.
+
+Every wait is for an event (the server answering, the notebook's kernel idle, an element or a
+text appearing, the step count growing, a redraw); the timeouts are only guards against a hang,
+generous enough for a cold start on a loaded machine (a first JupyterLab load, a kernel
+importing torch), never a speed limit. A failure saves artifacts/browser_panel_failure.png and
+reports the cell outputs and the server's log.
+"""
 
 import json
 import os
@@ -57,8 +68,34 @@ rnnkit.seed_everything(0)
 x, y = rnnkit.tasks.adding_problem(256, 20)
 model = rnnkit.SequenceModel(2, 16, 1, cell="lstm")
 trainer = rnnkit.Trainer(model, torch.optim.Adam(model.parameters(), lr=1e-2), "mse")
-panel = TrainingPanel(trainer, (x, y), epochs=1000, batch_size=16, redraw_interval=0.2)
+panel = TrainingPanel(
+    trainer, (x, y), epochs=1000, batch_size=16, redraw_interval=0.2, render_budget=0.25
+)
 panel"""
+
+
+# Rows of the chart's right third (the lr panel) that hold a horizontal run of the lr line's
+# green (tab:green): one level per learning rate the line shows inside the axis.
+LR_LEVELS = """img => {
+  const canvas = document.createElement("canvas");
+  canvas.width = img.naturalWidth;
+  canvas.height = img.naturalHeight;
+  const context = canvas.getContext("2d");
+  context.drawImage(img, 0, 0);
+  const data = context.getImageData(0, 0, canvas.width, canvas.height).data;
+  const levels = [];
+  for (let y = 0; y < canvas.height; y++) {
+    let green = 0;
+    for (let x = Math.floor((canvas.width * 2) / 3); x < canvas.width; x++) {
+      const i = (y * canvas.width + x) * 4;
+      if (Math.abs(data[i] - 44) < 40 && Math.abs(data[i + 1] - 160) < 40 && data[i + 2] < 90) {
+        green++;
+      }
+    }
+    if (green >= 10 && (levels.length === 0 || y - levels[levels.length - 1] > 6)) levels.push(y);
+  }
+  return levels;
+}"""
 
 
 def _free_port() -> int:
@@ -213,11 +250,49 @@ def test_panel_in_jupyterlab(lab, tmp_path):
                 "img => img.naturalWidth > 0", arg=chart.element_handle(), timeout=GUARD_MS
             )
             idle.wait_for(timeout=GUARD_MS)  # training in the background leaves the kernel free
+            live_size = chart.bounding_box()
+
+            # Type a learning rate ten times lower into the slider's readout, as a user would;
+            # the lr panel must rescale to show the drop (the old chart sent it off the axis).
+            drawn = chart.get_attribute("src")
+            readout = page.locator(".widget-slider", has_text="learning rate").locator(
+                ".widget-readout"
+            )
+            readout.click()
+            page.keyboard.press("Control+A")
+            page.keyboard.type("1.00e-3")
+            page.keyboard.press("Enter")
+            page.wait_for_function(
+                "([img, old]) => img.src !== old && img.naturalWidth > 0",
+                arg=[chart.element_handle(), drawn],
+                timeout=GUARD_MS,
+            )
+            page.wait_for_function(  # a redraw with steps at the new lr in it
+                "([img, old]) => img.src !== old",
+                arg=[chart.element_handle(), chart.get_attribute("src")],
+                timeout=GUARD_MS,
+            )
+            levels = page.evaluate(LR_LEVELS, chart.element_handle())
+            panel_box = page.locator(".jp-OutputArea-output", has=chart).first
+            panel_box.screenshot(path=str(ARTIFACTS / "browser_panel_lr.png"))
+            assert len(levels) >= 2, f"the lr line shows {levels}: the drop is off the axis"
+            checkbox = page.locator(".widget-checkbox", has_text="clip").bounding_box()
+            clip_slider = page.locator(".widget-slider", has_text="max grad norm").bounding_box()
+            gap = clip_slider["x"] - (checkbox["x"] + checkbox["width"])
+            assert gap < 40, f"{gap:.0f} px between the clip box and its slider"
 
             page.locator("button.widget-button", has_text="Stop").click()
             page.locator(".widget-html-content", has_text="stopped").wait_for(timeout=GUARD_MS)
             summary = page.get_by_text("rnnkit training run: stopped")
             summary.wait_for(timeout=GUARD_MS)  # the static summary written under the panel
+            page.get_by_text("lr set during training: 0.001 at step").wait_for(timeout=GUARD_MS)
+            final = page.locator(".jp-RenderedImage img").last
+            final.wait_for(timeout=GUARD_MS)
+            final_size = final.bounding_box()
+            assert (final_size["width"], final_size["height"]) == (
+                live_size["width"],
+                live_size["height"],
+            ), "the final chart has the live chart's size"
             assert start.is_enabled()
             idle.wait_for(timeout=GUARD_MS)
             kernels = _get_json(f"{base}/api/kernels?token={token}")
@@ -233,3 +308,76 @@ def test_panel_in_jupyterlab(lab, tmp_path):
             page.screenshot(path=str(ARTIFACTS / "browser_panel.png"), full_page=True)
             context.close()
     shutil.rmtree(tmp_path / "chromium-profile", ignore_errors=True)
+
+
+def _without_widget_views(notebook):
+    """The notebook as a front-end without a widget manager reads it (GitHub)."""
+    notebook.metadata.pop("widgets", None)
+    for cell in notebook.cells:
+        for output in cell.get("outputs", []):
+            output.get("data", {}).pop("application/vnd.jupyter.widget-view+json", None)
+    return notebook
+
+
+def render_offline(notebook_path: Path, html_path: Path, screenshot: Path) -> str:
+    """nbconvert ``notebook_path`` to HTML without widget views; screenshot it in Chromium
+    with every request but the page itself refused. Returns the page's visible text."""
+    from nbconvert import HTMLExporter
+
+    sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright")
+    notebook = _without_widget_views(nbformat.read(notebook_path, as_version=4))
+    body, _ = HTMLExporter(template_name="lab").from_notebook_node(notebook)
+    html_path.write_text(body, encoding="utf-8")
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS
+        )
+        try:
+            page = browser.new_page(viewport={"width": 1100, "height": 900})
+            page.route(
+                "**/*",
+                lambda route: (
+                    route.continue_() if route.request.url.startswith("file:") else route.abort()
+                ),
+            )
+            page.goto(html_path.as_uri(), wait_until="load", timeout=GUARD_MS)
+            page.screenshot(path=str(screenshot), full_page=True)
+            return page.inner_text("body")
+        finally:
+            browser.close()
+
+
+STORED = {
+    "11_training_controls.ipynb": [
+        "TrainingPanel: SequenceModel",
+        "rnnkit training run: finished at epoch 4/4",
+        "GradientFlowExplorer: cell rnn",
+        "PaddingExplorer: lengths long-tailed",
+        "HiddenStateExplorer: sequence 0",
+    ],
+    "04_choosing_size.ipynb": ["Sweep controls: layers (1, 2)"],
+}
+
+
+@pytest.mark.parametrize("name", sorted(STORED))
+def test_stored_notebook_reads_well_without_a_kernel(name, tmp_path):
+    ARTIFACTS.mkdir(exist_ok=True)
+    stem = name.split(".")[0]
+    text = render_offline(
+        ROOT / "notebooks" / name,
+        tmp_path / f"{stem}.html",
+        ARTIFACTS / f"stored_{stem}.png",
+    )
+    assert "VBox(children" not in text and "HBox(children" not in text
+    for expected in STORED[name]:
+        assert expected in text, f"{expected!r} is not shown"
+    for cell in nbformat.read(ROOT / "notebooks" / name, as_version=4).cells:
+        if "TrainingPanel(" not in cell.source or not cell.get("outputs"):
+            continue
+        # a panel's fallback repeats no chart: the run's one PNG is the output of its own
+        fallback = [
+            o["data"]["text/html"] for o in cell.outputs if "text/html" in o.get("data", {})
+        ]
+        pngs = [o for o in cell.outputs if "image/png" in o.get("data", {})]
+        assert fallback and all("<img" not in page for page in fallback)
+        assert len(pngs) <= 1

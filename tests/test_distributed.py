@@ -123,3 +123,62 @@ def test_distribute_loader_refuses_a_custom_sampler():
         rnnkit.distributed.distribute_loader(loader, env)
     plain = rnnkit.distributed.distribute_loader(DataLoader(list(range(8)), batch_size=2), env)
     assert [b.tolist() for b in plain] == [[0, 2], [4, 6]]
+
+
+UNEVEN_JOB = """
+import os, sys, torch, rnnkit
+from torch import nn
+
+out = sys.argv[1]
+g = torch.Generator().manual_seed(1)
+x, y = torch.randn(34, 5, 3, generator=g), torch.randn(34, 1, generator=g)
+rnnkit.seed_everything(0)
+model = nn.Sequential(nn.Flatten(), nn.Linear(15, 8), nn.Tanh(), nn.Linear(8, 1))
+trainer = rnnkit.Trainer(model, torch.optim.SGD(model.parameters(), lr=0.1), "mse",
+                         metrics=["mae"])
+# 25 training samples on 2 ranks, the odd one left out; 9 validation samples, none repeated
+trainer.fit((x[:25], y[:25]), val=(x[25:], y[25:]), epochs=2, batch_size=4, shuffle=False,
+            drop_last=True)
+evaluated = trainer.evaluate((x[25:], y[25:]))
+torch.save({"params": [p.detach() for p in model.parameters()],
+            "history": trainer.history.to_dict(), "evaluated": evaluated},
+           f"{out}/uneven{os.environ['RANK']}.pt")
+rnnkit.distributed.shutdown()
+"""
+
+
+@pytest.mark.slow
+def test_uneven_data_under_ddp_counts_each_validation_sample_once(tmp_path):
+    script = tmp_path / "uneven.py"
+    script.write_text(UNEVEN_JOB)
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        "--master_addr=127.0.0.1",
+        f"--master_port={_free_port()}",
+        str(script),
+        str(tmp_path),
+    ]
+    env = os.environ | {"PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    ranks = [torch.load(tmp_path / f"uneven{r}.pt", weights_only=True) for r in (0, 1)]
+    # one process, global batch 8, on the 24 samples the two ranks trained on
+    rnnkit.seed_everything(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(15, 8), nn.Tanh(), nn.Linear(8, 1))
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.randn(34, 5, 3, generator=g), torch.randn(34, 1, generator=g)
+    single = rnnkit.Trainer(
+        model, torch.optim.SGD(model.parameters(), lr=0.1), "mse", metrics=["mae"]
+    )
+    single.fit((x[:24], y[:24]), val=(x[25:], y[25:]), epochs=2, batch_size=8, shuffle=False)
+    for a, b in zip(ranks[0]["params"], model.parameters(), strict=True):
+        torch.testing.assert_close(a, b.detach(), rtol=0, atol=1e-6)
+    for rank in ranks:
+        history = rnnkit.History.from_dict(rank["history"])
+        assert history["val_loss"] == pytest.approx(single.history["val_loss"], abs=1e-6)
+        assert history["val_mae"] == pytest.approx(single.history["val_mae"], abs=1e-6)
+        assert history["loss"] == pytest.approx(single.history["loss"], abs=1e-6)
+        assert rank["evaluated"]["loss"] == pytest.approx(single.history["val_loss"][-1], abs=1e-6)

@@ -108,3 +108,38 @@ def test_gradient_flow_explorer_calls_gradient_flow():
     assert explorer.png.startswith(PNG)
     with pytest.raises(ValueError, match="recipe must be one of default, orthogonal"):
         GradientFlowExplorer(recipe="magic")
+
+
+def _fallback(explorer) -> dict:
+    bundle = explorer._repr_mimebundle_()
+    model_id = bundle["application/vnd.jupyter.widget-view+json"]["model_id"]
+    assert model_id == explorer.widget.model_id  # the live view where a kernel draws it
+    assert "VBox(" not in bundle["text/plain"]
+    assert "live controls in JupyterLab with a running kernel" in bundle["text/plain"]
+    return bundle
+
+
+def test_explorers_read_well_without_a_kernel():
+    padding = PaddingExplorer(n=200, max_len=50, batch_size=8, bucketing=True, pool_batches=5)
+    bundle = _fallback(padding)
+    first, info, _ = bundle["text/plain"].splitlines()
+    assert first == (
+        "PaddingExplorer: lengths long-tailed, max len 50, batch size 8, bucketing True, "
+        "pool (batches) 5"
+    )
+    assert info.startswith(f"useful-token fraction: {padding.result.useful_fraction:.1%}")
+    assert "<" not in info and "&nbsp;" not in info
+    page = bundle["text/html"]
+    assert "<b>PaddingExplorer</b>" in page and padding.info.value in page
+    assert "<img src='data:image/png;base64," in page  # its picture: no other output holds it
+
+    hidden = HiddenStateExplorer(rnnkit.SequenceModel(1, 4, 1, cell="gru"), torch.randn(2, 6, 1))
+    assert _fallback(hidden)["text/plain"].startswith("HiddenStateExplorer: sequence 0, layer rnn")
+
+
+@needs_diagnostics
+def test_gradient_flow_explorer_fallback_names_its_settings():
+    flow = GradientFlowExplorer(cell="rnn", seq_len=20, recipe="chrono", hidden=4)
+    text = _fallback(flow)["text/plain"]
+    assert text.startswith("GradientFlowExplorer: cell rnn, init chrono, seq len 20, hidden 4")
+    assert "gain" not in text.splitlines()[0]  # a disabled control is not a setting

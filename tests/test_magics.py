@@ -21,6 +21,8 @@ needs_diagnostics = pytest.mark.skipif(
 @pytest.fixture(scope="module")
 def ip():
     shell = globalipapp.get_ipython()
+    # every mime type, as in a Jupyter kernel (a terminal shell formats text/plain only)
+    shell.display_formatter.active_types = shell.display_formatter.format_types
     shell.run_line_magic("load_ext", "rnnkit")
     return shell
 
@@ -36,7 +38,7 @@ def workspace(ip):
     ip.user_ns["val"] = rnnkit.tasks.adding_problem(16, 8, seed=1)
     ip.user_ns["number"] = 3
     yield ip.user_ns
-    for name in ("model", "data", "val", "number", "panel", "p", "run", "flow"):
+    for name in ("model", "data", "val", "number", "panel", "p", "run", "flow", "plain"):
         ip.user_ns.pop(name, None)
 
 
@@ -240,19 +242,33 @@ def test_cell_magic_other_subcommands_and_bad_options(ip):
         ip.run_cell_magic("rnnkit", "train --epochs 3", "hidden = 4")
 
 
-def test_compare_prints_a_table_and_plots(ip, capsys):
+def test_compare_shows_a_rich_table_and_plots(ip):
     with capture_output() as captured:
         ip.run_line_magic(
             "rnnkit", "compare --cells rnn,gru --task adding --seq-len 6 --steps 2 --hidden 4"
         )
-    out = captured.stdout
-    assert "| rnn |" in out and "| gru |" in out and "| lstm |" not in out
-    assert "task adding, seq_len 6, 2 steps" in out
-    assert captured.outputs and "image/png" in captured.outputs[-1].data
+    table, chart = captured.outputs
+    assert {"text/html", "text/markdown", "text/plain"} <= set(table.data)
+    markdown = table.data["text/markdown"]
+    assert "| cell | params | held-out loss | within 0.04 | time (s) |" in markdown
+    assert "| rnn | 37 |" in markdown and "| gru |" in markdown and "| lstm |" not in markdown
+    assert "| baseline | - |" in markdown
+    assert "task adding, seq_len 6, 2 steps" in table.data["text/plain"]
+    assert "<table>" in table.data["text/html"]
+    assert "image/png" in chart.data
+    assert captured.stdout == ""  # no raw Markdown printed as text
     with pytest.raises(UsageError, match="expected a comma-separated list of rnn, lstm, gru"):
         ip.run_line_magic("rnnkit", "compare --cells rnn,transformer")
     with pytest.raises(UsageError, match="invalid choice: 'chess'"):
         ip.run_line_magic("rnnkit", "compare --task chess")
+
+
+def test_compare_has_no_metric_column_for_forecasting(ip):
+    with capture_output() as captured:
+        ip.run_line_magic("rnnkit", "compare --cells gru --task sine --seq-len 6 --steps 2")
+    markdown = captured.outputs[0].data["text/markdown"]
+    assert "| cell | params | held-out loss | time (s) |" in markdown
+    assert "accuracy" not in markdown
 
 
 @needs_diagnostics
@@ -264,7 +280,9 @@ def test_gradflow(ip, workspace):
     flow = workspace["flow"]
     expected = rnnkit.gradient_flow(workspace["model"], x[:4], y[:4], torch.nn.functional.mse_loss)
     torch.testing.assert_close(flow.per_step["rnn.l0"], expected.per_step["rnn.l0"])
-    assert "| rnn.l0 | 8 |" in captured.stdout
+    table = captured.outputs[0].data
+    assert "| rnn.l0 | 8 |" in table["text/markdown"] and "<table>" in table["text/html"]
+    assert "rnn.l0" in table["text/plain"] and captured.stdout == ""
     assert "image/png" in captured.outputs[-1].data
     with capture_output():
         ip.run_line_magic("rnnkit", "gradflow model x --name flow")  # L = sum of the output
@@ -291,6 +309,12 @@ def test_check(ip, workspace, capsys):
     assert "non-finite parameters: none" in out
     radius = rnnkit.spectral_radius(model)["rnn.l0"]["z"]
     assert f"z={radius:.3f}" in out
+    assert "rho > 1 grows" in out and "only once the gates saturate open" in out
+    assert "RNN: rho < 1" not in out  # the tanh-RNN reading is shown for RNNs only
+    workspace["plain"] = rnnkit.SequenceModel(2, 6, 1, cell="rnn")
+    ip.run_line_magic("rnnkit", "check plain")
+    out = capsys.readouterr().out
+    assert "RNN: rho < 1 makes gradients vanish" in out and "LSTM/GRU" not in out
     with torch.no_grad():
         model.head.bias.fill_(float("nan"))
     ip.run_line_magic("rnnkit", "check model")

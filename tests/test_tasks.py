@@ -1,6 +1,7 @@
 import importlib.util
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -199,3 +200,79 @@ def test_shakespeare_names_a_damaged_file(tmp_path, monkeypatch):
             tasks.shakespeare()
     finally:
         real._shakespeare_text.cache_clear()
+
+
+needs_sktime = pytest.mark.skipif(
+    importlib.util.find_spec("sktime") is None, reason='needs sktime (pip install "rnnkit[test]")'
+)
+
+
+@needs_sktime
+def test_japanese_vowels_archive_split():
+    x, y, lengths = tasks.japanese_vowels("train")
+    x_test, y_test, lengths_test = tasks.japanese_vowels("test")
+    assert x.shape == (270, 26, 12) and x_test.shape == (370, 29, 12)
+    assert x.dtype == torch.float32 and y.dtype == lengths.dtype == torch.int64
+    assert torch.bincount(y).tolist() == [30] * 9  # 30 utterances per speaker
+    assert torch.bincount(y_test).tolist() == [31, 35, 88, 44, 29, 24, 40, 50, 29]
+    for lens in (lengths, lengths_test):
+        assert int(lens.min()) == 7 and int(lens.max()) in (26, 29)
+    # right-padded with zeros; every real frame has non-zero coefficients
+    steps = torch.arange(x.shape[1])
+    assert (x[steps >= lengths[:, None]] == 0).all()
+    assert (x[steps < lengths[:, None]].abs().sum(-1) > 0).all()
+    # the first case of the training file, as written there (label 1, 20 frames)
+    assert int(lengths[0]) == 20 and int(y[0]) == 0
+    assert x[0, 0, :3].tolist() == pytest.approx([1.860936, -0.207383, 0.261557])
+
+
+@needs_sktime
+def test_japanese_vowels_agrees_with_sktimes_own_reader():
+    from sktime.datasets import load_from_tsfile
+
+    from rnnkit.tasks.archive import _sktime_data
+
+    path = _sktime_data() / "JapaneseVowels" / "JapaneseVowels_TEST.ts"
+    frame, labels = load_from_tsfile(str(path), return_data_type="nested_univ")
+    x, y, lengths = tasks.japanese_vowels("test")
+    assert y.tolist() == [int(label) - 1 for label in labels]
+    for i in (0, 100, 369):
+        theirs = torch.from_numpy(np.stack([frame.iloc[i, d].to_numpy() for d in range(12)], 1))
+        assert theirs.shape[0] == int(lengths[i])
+        torch.testing.assert_close(x[i, : lengths[i]], theirs.float())
+
+
+def test_japanese_vowels_missing_package(monkeypatch):
+    from rnnkit.tasks import archive
+
+    archive._archive_split.cache_clear()
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(ImportError, match=r"rnnkit\[benchmarks\]"):
+        tasks.japanese_vowels("train")
+    archive._archive_split.cache_clear()
+
+
+def test_japanese_vowels_bad_split():
+    with pytest.raises(ValueError, match="split must be 'train' or 'test', got 'val'"):
+        tasks.japanese_vowels("val")
+
+
+def test_ts_parser_rejects_malformed_files(tmp_path):
+    from rnnkit.tasks.archive import _parse_ts
+
+    good = tmp_path / "good.ts"
+    good.write_text("# comment\n@problemName X\n@dimensions 2\n@data\n1,2,3:4,5,6:a\n7:8:b\n")
+    cases, labels, header = _parse_ts(good)
+    assert [c.shape for c in cases] == [(3, 2), (1, 2)] and labels == ["a", "b"]
+    assert cases[0][:, 1].tolist() == [4, 5, 6] and header["dimensions"] == "2"
+    ragged = tmp_path / "ragged.ts"
+    ragged.write_text("@data\n1,2:3:a\n")
+    with pytest.raises(ValueError, match="differ in length"):
+        _parse_ts(ragged)
+    missing = tmp_path / "missing.ts"
+    missing.write_text("@data\n1,?:3,4:a\n")
+    with pytest.raises(ValueError, match="not a number"):
+        _parse_ts(missing)
+    with pytest.raises(ValueError, match="no @data line"):
+        (tmp_path / "plain.ts").write_text("1,2:a\n")
+        _parse_ts(tmp_path / "plain.ts")

@@ -694,3 +694,17 @@ def test_evaluate():
         out = trainer.model(x)
     assert result["loss"] == pytest.approx(float(nn.functional.mse_loss(out, y)), rel=1e-6)
     assert result["metrics"]["mean_abs"] == pytest.approx(float((out - y).abs().mean()), rel=1e-6)
+
+
+def test_validation_does_not_change_the_training_run():
+    def run(val):
+        torch.manual_seed(0)
+        model = _model(dropout=0.3)
+        trainer = _trainer(model)
+        x, y = _data()
+        trainer.fit((x, y), val=(x[:8], y[:8]) if val else None, epochs=3, batch_size=4)
+        return _params(model), trainer.history.step_values("loss")
+
+    with_val, without = run(True), run(False)
+    assert with_val[1] == without[1]
+    assert all(torch.equal(a, b) for a, b in zip(with_val[0], without[0], strict=True))

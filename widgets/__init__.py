@@ -5,15 +5,22 @@ calls rnnkit's public Python API: this layer adds controls and pictures, not log
 """
 
 from rnnkit.widgets.explorers import GradientFlowExplorer, HiddenStateExplorer, PaddingExplorer
+from rnnkit.widgets.fallback import StaticFallback, with_fallback
+from rnnkit.widgets.generation import AttentionHeatmap, GenerationWidget, attention_figure
 from rnnkit.widgets.magics import RNNKitMagics, load_ipython_extension, unload_ipython_extension
 from rnnkit.widgets.panel import TrainingPanel
 
 __all__ = [
+    "AttentionHeatmap",
+    "GenerationWidget",
+    "attention_figure",
     "GradientFlowExplorer",
     "HiddenStateExplorer",
     "PaddingExplorer",
     "RNNKitMagics",
+    "StaticFallback",
     "TrainingPanel",
     "load_ipython_extension",
     "unload_ipython_extension",
+    "with_fallback",
 ]

@@ -15,20 +15,58 @@ import math
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from matplotlib.ticker import LogLocator, MaxNLocator, NullLocator
+from matplotlib.ticker import FixedLocator, FuncFormatter, MaxNLocator, NullLocator
+
+WIDTH, HEIGHT, DPI = 9.0, 2.6, 80  # inches, dots per inch: 720 x 208 pixels
 
 
 def _finite(value) -> float:
     return value if value is not None and math.isfinite(value) else math.nan
 
 
+def log_limits(values: list[float]) -> tuple[float, float] | None:
+    """Limits of a log axis that show every finite positive value with a margin of 1.5x either
+    way (a flat line gets a span of 2.25x around its value); None without such values."""
+    positive = [v for v in values if v > 0 and math.isfinite(v)]
+    if not positive:
+        return None
+    return min(positive) / 1.5, max(positive) * 1.5
+
+
+def log_ticks(low: float, high: float, most: int = 5) -> list[float]:
+    """Labelled ticks for a log axis from ``low`` to ``high``: powers of ten when the range
+    holds at least two, else the 1-2-5 values within it (at most ``most``); a narrow range also
+    gets its geometric middle (a flat line's own value)."""
+    first, last = math.floor(math.log10(low)), math.ceil(math.log10(high))
+    decades = [10.0**k for k in range(first, last + 1) if low <= 10.0**k <= high]
+    if len(decades) >= 2:
+        step = math.ceil(len(decades) / most)
+        return decades[::step]
+    nice = [m * 10.0**k for k in range(first, last + 1) for m in (1, 2, 5)]
+    inside = [v for v in nice if low <= v <= high]
+    if len(inside) >= 2:
+        return inside[:: math.ceil(len(inside) / most)]
+    middle = float(f"{math.sqrt(low * high):.2g}")
+    return sorted({middle, *(v for v in inside if not 0.8 < v / middle < 1.25)})
+
+
+def _short(value: float, _position=None) -> str:
+    """3e-3, 2.8e-4, 0.5, 12: short labels for log ticks."""
+    if 1e-2 <= abs(value) < 1e3:
+        return f"{value:.2g}"
+    mantissa, exponent = f"{value:.1e}".split("e")
+    return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
+
+
 class TrainingChart:
     """Three panels: training loss per step (and validation loss per epoch), gradient norm
     before clipping per step, learning rate per step."""
 
-    def __init__(self, *, width: float = 9.0, height: float = 2.6, dpi: int = 80) -> None:
+    def __init__(self, *, width: float = WIDTH, height: float = HEIGHT, dpi: int = DPI) -> None:
         self.figure = Figure(figsize=(width, height), dpi=dpi)
-        self.figure.subplots_adjust(left=0.06, right=0.99, bottom=0.17, top=0.89, wspace=0.25)
+        self.size = (round(width * dpi), round(height * dpi))  # pixels of every render
+        # room on the right for the last step label, on the left for the log-tick labels
+        self.figure.subplots_adjust(left=0.065, right=0.965, bottom=0.17, top=0.89, wspace=0.3)
         FigureCanvasAgg(self.figure)
         self.loss_ax, self.grad_ax, self.lr_ax = self.figure.subplots(1, 3)
         (self.loss_line,) = self.loss_ax.plot([], [], lw=1, label="train")
@@ -43,7 +81,7 @@ class TrainingChart:
             ax.yaxis.set_minor_locator(NullLocator())
         self.loss_ax.yaxis.set_major_locator(MaxNLocator(4))
         for ax in (self.grad_ax, self.lr_ax):
-            ax.yaxis.set_major_locator(LogLocator(numticks=4))
+            ax.yaxis.set_major_formatter(FuncFormatter(_short))
         self.steps: list[int] = []
         self.step_epochs: list[int] = []
         self.loss: list[float] = []
@@ -83,11 +121,15 @@ class TrainingChart:
         self.val_line.set_data(self.val_steps, self.val_loss)
         if self.val_steps and self.loss_ax.get_legend() is None:
             self.loss_ax.legend(loc="upper right", fontsize="small")
-        for ax in (self.loss_ax, self.grad_ax, self.lr_ax):
+        self.loss_ax.relim()
+        self.loss_ax.autoscale_view()
+        for ax, values in ((self.grad_ax, self.grad_norm), (self.lr_ax, self.lr)):
             ax.relim()
-            ax.autoscale_view()
-        if self.lr and min(self.lr) == max(self.lr):  # a flat line: give log axes a span
-            self.lr_ax.set_ylim(self.lr[0] / 2, self.lr[0] * 2)
+            ax.autoscale_view(scaley=False)
+            limits = log_limits(values)  # every redraw: the data's range, however it moved
+            if limits is not None:
+                ax.set_ylim(*limits)
+                ax.yaxis.set_major_locator(FixedLocator(log_ticks(*limits)))
         self.lr_ax.set_title(
             f"learning rate (now {self.lr[-1]:.3g})" if self.lr else "learning rate"
         )

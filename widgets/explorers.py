@@ -10,14 +10,18 @@
 Each explorer has ``widget`` (what a notebook shows), ``update()`` (recompute and redraw; the
 controls call it when changed), ``figure`` (the matplotlib figure), ``png`` and ``snapshot()``
 (the picture as a static image for a saved notebook), ``result`` (what the API returned) and
-``error`` (what it raised, also shown in the info line).
+``error`` (what it raised, also shown in the info line). Displayed, an explorer leaves for
+front-ends without a kernel (GitHub, nbconvert) its settings, its info line and its picture as
+they were when displayed (:class:`rnnkit.widgets.fallback.StaticFallback`).
 """
 
 from __future__ import annotations
 
+import base64
 import html
 import io
 import math
+import re
 
 import ipywidgets as w
 import numpy as np
@@ -27,14 +31,16 @@ from matplotlib.figure import Figure
 from torch import nn
 
 import rnnkit
+from rnnkit.widgets.fallback import LIVE_HINT, StaticFallback
 
 _STYLE = {"description_width": "initial"}
 
 
-class _Explorer:
+class _Explorer(StaticFallback):
     """Controls, an info line and a picture; ``update()`` recomputes and redraws."""
 
     def __init__(self, rows: list[list[w.Widget]]) -> None:
+        self.controls = [control for row in rows for control in row]
         self.info = w.HTML()
         self.image = w.Image(format="png")
         self.figure: Figure | None = None
@@ -71,10 +77,23 @@ class _Explorer:
 
         return Image(data=self.png, format="png")
 
-    def _ipython_display_(self) -> None:
-        from IPython.display import display
+    def settings(self) -> str:
+        """The controls' values, e.g. ``cell rnn, init orthogonal, gain (ρ) 0.9``."""
+        shown = [c for c in self.controls if not c.disabled]
+        return ", ".join(f"{c.description} {_value(c.value)}" for c in shown)
 
-        display(self.widget)
+    def fallback_text(self) -> str:
+        info = html.unescape(re.sub(r"<[^>]+>", "", self.info.value)).replace("\xa0", " ")
+        return f"{type(self).__name__}: {self.settings()}\n{info}\n({LIVE_HINT})"
+
+    def fallback_html(self) -> str:
+        title = f"<b>{type(self).__name__}</b>: {html.escape(self.settings())}"
+        picture = ""
+        if self.png and self.error is None:
+            data = base64.b64encode(self.png).decode("ascii")
+            picture = f"<br><img src='data:image/png;base64,{data}' alt='{type(self).__name__}'>"
+        hint = f"<br><small>({html.escape(LIVE_HINT)})</small>"
+        return f"<div class='rnnkit-fallback'>{title}<br>{self.info.value}{picture}{hint}</div>"
 
     def _figsize(self) -> tuple[float, float]:
         return (8.0, 3.2)
@@ -319,6 +338,10 @@ class PaddingExplorer(_Explorer):
             f"{self.result.num_batches} batches) &nbsp;·&nbsp; random batches "
             f"{off.useful_fraction:.1%}, bucketing {on.useful_fraction:.1%}"
         )
+
+
+def _value(value) -> str:
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
 
 
 def _two_colours():

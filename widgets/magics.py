@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader
 
 import rnnkit
 from rnnkit.info import format_environment
+from rnnkit.tables import Table
 from rnnkit.widgets.panel import TrainingPanel
 
 if sys.version_info >= (3, 11):
@@ -128,13 +129,13 @@ def _train_cell():
 @magic_arguments("rnnkit compare")
 @argument("options", nargs=argparse.REMAINDER, help="as for python -m rnnkit compare")
 def _compare():
-    """Train one small model per cell type on a task with the same data and seed; print a table
-    (held-out loss, accuracy, parameters, time) and plot the loss curves. Options: --cells
-    rnn,lstm,gru --task adding|copy|sine|varlen --seq-len 100 --steps 200 --hidden 32
-    --batch-size 32 --lr 0.01 --grad-clip 1.0 --seed 0.
+    """Train one small model per cell type on a task with the same data and seed; show a table
+    (held-out loss beside the baseline that ignores the input, the task's metric where it has
+    one, parameters, time) and plot the loss curves. Options (defaults): --cells rnn,lstm,gru
+    --task adding|copy|sine|varlen (adding) --seq-len 40 --steps 800 --hidden 32
+    --batch-size 32 --lr 0.01 --grad-clip 1.0 --seed 0 --plot FILE.
 
-    Python: ``python -m rnnkit compare --cells rnn,lstm,gru --task adding --seq-len 100``, or
-    ``rnnkit.__main__.main(["compare", "--cells", "rnn,lstm,gru", ...])``
+    Python: ``rnnkit.compare_cells(["rnn", "lstm", "gru"], "adding", seq_len=40, steps=800)``
     """
 
 
@@ -164,6 +165,28 @@ def _check():
     """
 
 
+@magic_arguments("rnnkit generate")
+@argument("model", help="name of a stateful model, a Trainer or a TrainingPanel in the notebook")
+@argument("--prompt", default="", help="the text to continue (quote it if it has spaces)")
+@argument("--steps", type=int, default=200, help="tokens to generate (default 200)")
+@argument("--temperature", type=float, default=1.0, help="softmax temperature (default 1.0)")
+@argument("--top-k", type=int, default=None, help="keep the k most likely tokens (default off)")
+@argument("--seed", type=int, default=None, help="the sampler's seed (default: random)")
+@argument("--vocab", metavar="VAR", default=None, help="the vocabulary (default model.vocab)")
+def _generate():
+    """A generation widget (prompt, temperature, top-k, Generate) for a language model, with
+    one sample drawn at once. A Trainer or panel is sampled through trainer.copy_model(), a copy
+    taken at a step boundary, so a run in the background is left exact.
+
+    Python::
+
+        widget = rnnkit.widgets.GenerationWidget(model, vocab, prompt, steps, temperature,
+                                                 top_k, seed)
+        widget.generate()   # = rnnkit.sample(model, vocab, prompt, steps, ...)
+        display(widget)
+    """
+
+
 SUBCOMMANDS = {
     "info": _info,
     "seed": _seed,
@@ -171,6 +194,7 @@ SUBCOMMANDS = {
     "compare": _compare,
     "gradflow": _gradflow,
     "check": _check,
+    "generate": _generate,
 }
 
 # TOML keys whose value must be >= 1 (ints) or > 0 (floats); dropout in [0, 1), seed >= 0
@@ -327,7 +351,7 @@ class RNNKitMagics(Magics):
         return self._show_panel(panel, args)
 
     def _train_toml(self, args, body: str):
-        from rnnkit.__main__ import TASKS
+        from rnnkit.compare import TASKS
 
         try:
             config = tomllib.loads(body)
@@ -378,7 +402,7 @@ class RNNKitMagics(Magics):
                 optimizer=settings["optimizer"],
                 lr=settings["lr"],
                 loss=spec.loss,
-                metrics={"accuracy": spec.accuracy} if spec.accuracy else None,
+                metrics={"accuracy": spec.metric} if spec.metric else None,
                 grad_clip=settings["clip"],
                 epochs=settings["epochs"],
                 batch_size=settings["batch_size"],
@@ -388,7 +412,7 @@ class RNNKitMagics(Magics):
         return self._show_panel(panel, args)
 
     def _compare(self, args) -> None:
-        from rnnkit.__main__ import compare, format_table, parser
+        from rnnkit.__main__ import compare_options, parser
 
         stderr = io.StringIO()
         try:
@@ -398,15 +422,10 @@ class RNNKitMagics(Magics):
             message = stderr.getvalue().strip().splitlines()
             problem = message[-1] if message else "bad arguments"
             raise UsageError(f"%rnnkit compare: {problem}") from None
-        rows = compare(options)
-        print(format_table(rows, options))
+        comparison = rnnkit.compare_cells(**compare_options(options))
+        display(comparison)
         figure = _new_figure()
-        ax = figure.subplots()
-        for row in rows:
-            ax.plot(row["curve"], label=row["cell"])
-        ax.set(xlabel="step", ylabel="training loss", yscale="log")
-        ax.set_title(f"{options.task}, seq_len {options.seq_len}")
-        ax.legend()
+        comparison.plot(figure.subplots())
         if options.plot:
             figure.savefig(options.plot)
         display(Image(data=_png(figure), format="png"))
@@ -428,15 +447,23 @@ class RNNKitMagics(Magics):
             raise UsageError(f"%rnnkit gradflow: {err}") from None
         if args.name:
             self.shell.user_ns[args.name] = flow
+        rows = []
         figure = _new_figure()
         ax = figure.subplots()
-        print("| layer | steps | first-step norm | last-step norm | first / last |")
-        print("| --- | ---: | ---: | ---: | ---: |")
         for layer, norms in flow.per_step.items():
             ax.semilogy(norms.numpy(), label=layer)
             first, last = float(norms[0]), float(norms[-1])
             ratio = f"{first / last:.3g}" if last > 0 else "inf"
-            print(f"| {layer} | {len(norms)} | {first:.3g} | {last:.3g} | {ratio} |")
+            rows.append([layer, str(len(norms)), f"{first:.3g}", f"{last:.3g}", ratio])
+        display(
+            Table(
+                ["layer", "steps", "first-step norm", "last-step norm", "first / last"],
+                rows,
+                title=f"gradient flow: the norm of dL/dh_t per step, loss {flow.loss:.4g}",
+                note="first / last far below 1: the gradient vanishes towards the first steps; "
+                "far above 1: it explodes",
+            )
+        )
         ax.set(
             xlabel="time step t", ylabel="‖∂L/∂h_t‖", title=f"gradient flow, loss {flow.loss:.4g}"
         )
@@ -459,10 +486,51 @@ class RNNKitMagics(Magics):
         bad = [n for n, p in model.named_parameters() if not bool(torch.isfinite(p).all())]
         print(f"non-finite parameters: {', '.join(bad) if bad else 'none'}")
         if reports:
-            print("spectral radius of each recurrent matrix (rho > 1 can grow gradients through")
-            print("time, rho << 1 makes them vanish; Pascanu et al. 2013):")
+            kinds = {unit.name: unit.kind for unit in rnnkit.recurrent_units(model)}
+            print("spectral radius rho of each recurrent matrix, per gate:")
             for layer, gates in rnnkit.spectral_radius(model).items():
-                print(f"  {layer}: " + ", ".join(f"{g}={r:.3f}" for g, r in gates.items()))
+                radii = ", ".join(f"{g}={r:.3f}" for g, r in gates.items())
+                print(f"  {layer} ({kinds.get(layer, '?')}): {radii}")
+            for line in _reading_rho(set(kinds.values())):
+                print(line)
+
+    def _generate(self, args) -> None:
+        from rnnkit.widgets.generation import GenerationWidget
+
+        model = self._lookup("generate", args.model)
+        vocab = self._lookup("generate", args.vocab) if args.vocab else None
+        prompt = args.prompt
+        if len(prompt) >= 2 and prompt[0] == prompt[-1] and prompt[0] in "'\"":
+            prompt = prompt[1:-1]  # IPython's argument splitter keeps the quotes
+        try:
+            widget = GenerationWidget(
+                model, vocab, prompt, args.steps, args.temperature, args.top_k, args.seed
+            )
+        except (TypeError, ValueError) as err:
+            raise UsageError(f"%rnnkit generate: {err}") from None
+        widget.generate()
+        if widget.error is not None:
+            raise UsageError(f"%rnnkit generate: {widget.error}")
+        display(widget)
+
+
+def _reading_rho(kinds: set[str]) -> list[str]:
+    """What the spectral radius says about gradients through time, for the cells present."""
+    lines = []
+    if kinds & {"RNN", "IndRNN"}:
+        lines += [
+            "  RNN: rho < 1 makes gradients vanish through time; growing them needs rho > 1",
+            "  (Pascanu et al. 2013).",
+        ]
+    if kinds & {"LSTM", "GRU"}:
+        lines += [
+            "  LSTM/GRU: each matrix acts through gates that scale it down (a sigmoid's slope",
+            "  is at most 1/4, and half-open gates halve what passes), so rho > 1 grows",
+            "  gradients only once the gates saturate open; the additive path through the",
+            "  cell state (times the forget gate, GRU: the update gate, both < 1) carries",
+            "  them whatever rho is.",
+        ]
+    return lines
 
 
 def _output_sum(output, _targets):

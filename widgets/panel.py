@@ -8,25 +8,36 @@ import time
 import uuid
 
 import ipywidgets as w
+import torch
 from torch import nn
 
 import rnnkit
 from rnnkit import names
 from rnnkit.widgets.chart import TrainingChart
+from rnnkit.widgets.fallback import LIVE_HINT, StaticFallback
+
+SLIDER_DECADES = 1.5  # a slider spans its value / 10**1.5 to value * 10**1.5 by default
+SLIDER_WIDTH = "380px"  # three decades over about 250 px of track: ~80 px per decade
 
 
-def _log_slider(description: str, value: float, low: float, high: float) -> w.FloatLogSlider:
+def _log_slider(
+    description: str, value: float, span: tuple[float, float] | None
+) -> w.FloatLogSlider:
+    """A log slider over ``span`` (default: 1.5 decades either side of ``value``), widened to
+    include ``value``; steps of 1/100 decade."""
+    low, high = span or (value / 10**SLIDER_DECADES, value * 10**SLIDER_DECADES)
     low, high = min(low, value), max(high, value)
     return w.FloatLogSlider(
         value=value,
         base=10,
-        min=math.floor(math.log10(low)),
-        max=math.ceil(math.log10(high)),
-        step=0.05,
+        min=math.log10(low),
+        max=math.log10(high),
+        step=0.01,
         description=description,
         readout_format=".2e",
         continuous_update=False,
         style={"description_width": "initial"},
+        layout={"width": SLIDER_WIDTH},
     )
 
 
@@ -34,7 +45,7 @@ def _fmt(value) -> str:
     return "-" if value is None else f"{value:.4g}"
 
 
-class TrainingPanel:
+class TrainingPanel(StaticFallback):
     """Controls, a live chart and a summary for one :class:`rnnkit.Trainer`.
 
     Controls: Start, Pause/Resume and Stop buttons; learning-rate and clip-norm sliders (log
@@ -51,6 +62,10 @@ class TrainingPanel:
     tricks (polling means pumping the kernel's message stream by hand, which depends on the
     ipykernel version and works only while one cell executes), and other cells run during
     training. Torch releases the interpreter lock inside its kernels, so training loses little.
+    The training thread first takes the caller's ``torch.get_num_threads()``: OpenMP keeps the
+    thread count per thread, and a new thread would otherwise run oneDNN's kernels (the fused
+    LSTM/GRU on a CPU) on every core, whatever ``torch.set_num_threads`` said (measured: a small
+    LSTM 2.9x slower on a busy two-core machine).
     Kernel Interrupt reaches only the main thread: use Stop for a background run.
     ``fit(block=True)`` runs in the calling thread instead, for Run All and nbval (Ctrl+C and
     Kernel Interrupt stop it at a step boundary, as with ``trainer.fit``).
@@ -60,8 +75,13 @@ class TrainingPanel:
     the widgets during a run: a watcher that wakes every ``tick`` seconds, reads
     ``trainer.status``, ``trainer.step`` and ``trainer.history`` (the training thread runs no
     panel code at all), updates status and progress, and redraws the chart at most once per
-    ``redraw_interval`` seconds, further spaced so that drawing takes at most
-    ``render_budget`` of the wall time (a redraw costs tens of milliseconds).
+    ``redraw_interval`` seconds, and only while all drawing of the run, the final chart's
+    included, stays within ``render_budget`` of the wall time. A redraw costs tens of
+    milliseconds of Python that holds the interpreter lock (matplotlib's text layout), time the
+    training thread's own Python waits for: the budget is the panel's cost to the run. So the
+    first live chart comes after about four seconds (2 x 37 ms at 2%), a run shorter than that
+    shows only its final chart, and a long one is redrawn every two seconds or so; status and
+    progress change five times a second meanwhile (each update also takes the lock, briefly).
 
     When a run ends the watcher draws the chart a last time and writes a static image of it and
     a text summary into the notebook output below the panel (display-id updates; the live chart
@@ -76,9 +96,12 @@ class TrainingPanel:
         epochs: epochs per run (the epochs box).
         batch_size: batch size when ``train``/``val`` are tensors.
         max_steps: passed to ``trainer.fit``: at most this many steps per run.
-        lr_range, clip_range: ranges of the sliders (widened to include the current values).
+        lr_range, clip_range: ranges of the sliders (widened to include the current values);
+            default: 1.5 decades either side of the trainer's lr / clip norm (1.0 when off),
+            so that a few pixels of drag change the value by a few percent, not by 10x.
         redraw_interval: shortest time between two live redraws of the chart, in seconds.
-        render_budget: largest fraction of the wall time spent drawing the live chart.
+        render_budget: largest fraction of the wall time spent drawing the chart (live and
+            final).
         tick: how often the watcher updates status and progress, in seconds.
     """
 
@@ -91,11 +114,11 @@ class TrainingPanel:
         epochs: int = 1,
         batch_size: int = 32,
         max_steps: int | None = None,
-        lr_range: tuple[float, float] = (1e-5, 1.0),
-        clip_range: tuple[float, float] = (1e-3, 1e2),
+        lr_range: tuple[float, float] | None = None,
+        clip_range: tuple[float, float] | None = None,
         redraw_interval: float = 0.25,
         render_budget: float = 0.02,
-        tick: float = 0.1,
+        tick: float = 0.2,
     ) -> None:
         if not isinstance(trainer, rnnkit.Trainer):
             raise TypeError(f"trainer must be an rnnkit.Trainer, got {type(trainer).__name__}")
@@ -125,6 +148,8 @@ class TrainingPanel:
         self._started = 0.0
         self._ids = {"summary": uuid.uuid4().hex, "chart": uuid.uuid4().hex}
         self._shown = False
+        self._live = False  # the watcher is between its first and last update of a run
+        self._draw_cost = 0.04  # seconds of the last draw (a first guess before any)
         trainer.callbacks.append(_RequestsBeforeBegin(self))
 
         self.start_button = w.Button(description="Start", icon="play", button_style="success")
@@ -135,14 +160,22 @@ class TrainingPanel:
         self.epochs_box = w.BoundedIntText(
             value=epochs, min=1, max=10**6, description="epochs", layout={"width": "150px"}
         )
-        self.lr_slider = _log_slider("learning rate", trainer.lr, *lr_range)
+        self.lr_slider = _log_slider("learning rate", trainer.lr, lr_range)
         clip = trainer.grad_clip
-        self.clip_checkbox = w.Checkbox(value=clip is not None, description="clip", indent=False)
-        self.clip_slider = _log_slider("max grad norm", clip or 1.0, *clip_range)
+        self.clip_checkbox = w.Checkbox(
+            value=clip is not None,
+            description="clip",
+            indent=False,
+            layout={"width": "auto", "margin": "0 10px 0 16px"},  # its own width, not 300 px
+        )
+        self.clip_slider = _log_slider("max grad norm", clip or 1.0, clip_range)
         self.clip_slider.disabled = clip is None
         self.progress = w.IntProgress(value=0, min=0, max=1, layout={"width": "240px"})
         self.status_label = w.HTML(value=self._status_html())
-        self.chart_image = w.Image(format="png", layout={"display": "none"})  # shown with data
+        width, height = self._chart.size  # pixels, as the final chart's output (same size)
+        self.chart_image = w.Image(
+            format="png", layout={"display": "none", "width": f"{width}px", "height": f"{height}px"}
+        )  # shown with data
         self.widget = w.VBox(
             [
                 w.HBox([self.start_button, self.pause_button, self.stop_button, self.epochs_box]),
@@ -202,7 +235,10 @@ class TrainingPanel:
             return
         done = self._begin()
         self._run_thread = threading.Thread(
-            target=self._run_in_background, args=(done,), name="rnnkit-train", daemon=True
+            target=self._run_in_background,
+            args=(done, torch.get_num_threads()),
+            name="rnnkit-train",
+            daemon=True,
         )
         self._run_thread.start()
 
@@ -280,7 +316,8 @@ class TrainingPanel:
             max_steps=self.max_steps,
         )
 
-    def _run_in_background(self, done: threading.Event) -> None:
+    def _run_in_background(self, done: threading.Event, threads: int) -> None:
+        torch.set_num_threads(threads)  # the caller's, for OpenMP in this thread too
         try:
             self._fit()
         except Exception as exc:  # shown in the panel and kept in self.error
@@ -291,38 +328,54 @@ class TrainingPanel:
     def _watch(self, done: threading.Event) -> None:
         """The one thread that updates the widgets during a run."""
         began = time.thread_time()
-        self._publish(running=True)
+        self._live = True
+        published = self._live_state()
+        self._publish()
         self._set(self.start_button, "disabled", True)
         self._set(self.epochs_box, "disabled", True)
         self._set(self.pause_button, "disabled", False)
         self._set(self.stop_button, "disabled", False)
-        next_draw = time.perf_counter() + self.redraw_interval
+        drawn, last_draw = 0.0, self._started  # seconds spent drawing; when last drawn
         while not done.wait(self.tick):
             self._show_state()
-            if time.perf_counter() >= next_draw and self._chart.read(self.trainer.history):
-                cost = self._draw()
-                next_draw = time.perf_counter() + max(
-                    self.redraw_interval, cost / self.render_budget
-                )
+            if self._live_state() != published:  # paused: say so below the panel too
+                published = self._live_state()
+                self._publish()
+            now = time.perf_counter()
+            affordable = drawn + 2 * self._draw_cost <= self.render_budget * (now - self._started)
+            if (
+                affordable  # this draw and the final one within the budget
+                and now - last_draw >= self.redraw_interval
+                and self._chart.read(self.trainer.history)
+            ):
+                drawn += self._draw()
+                last_draw = time.perf_counter()
         self._chart.read(self.trainer.history)
-        self._draw()
-        self._set(self.chart_image.layout, "display", "none")  # the static copy takes over
+        self._draw(live=False)  # the static copy below the panel takes over
+        self._set(self.chart_image.layout, "display", "none")
         self._show_state()
         self._set(self.start_button, "disabled", False)
         self._set(self.epochs_box, "disabled", False)
         self._set(self.pause_button, "disabled", True)
         self._set(self.stop_button, "disabled", True)
         self.summary = self._summary()
+        self._live = False
         self._publish()
         self.watcher_cpu = time.thread_time() - began
 
-    def _draw(self) -> float:
+    def _draw(self, live: bool = True) -> float:
+        """Render the chart (into the live image when ``live``); returns the seconds it took.
+        Wall time, not this thread's CPU time: the watcher holds the interpreter lock for most
+        of a draw, also while a busy machine has it descheduled, and all that time the training
+        thread's Python waits."""
         began = time.perf_counter()
         self.chart_png = self._chart.render()
-        self.chart_image.value = self.chart_png
-        self._set(self.chart_image.layout, "display", None)
+        if live:
+            self.chart_image.value = self.chart_png
+            self._set(self.chart_image.layout, "display", None)
         self.redraws += 1
-        return time.perf_counter() - began
+        self._draw_cost = time.perf_counter() - began
+        return self._draw_cost
 
     @staticmethod
     def _set(widget: w.Widget, name: str, value) -> None:
@@ -400,35 +453,66 @@ class TrainingPanel:
 
     # ---- display ----------------------------------------------------------------------------
 
+    def fallback_text(self) -> str:
+        """What front-ends without a kernel show in place of the controls (GitHub, nbconvert):
+        what the panel drives; its run's summary and final chart are outputs of their own."""
+        trainer = self.trainer
+        params = sum(p.numel() for p in trainer.model.parameters())
+        loss = trainer.loss_name or getattr(trainer.loss_fn, "__name__", "custom loss")
+        clip = "off" if trainer.grad_clip is None else f"{trainer.grad_clip:.3g}"
+        return (
+            f"TrainingPanel: {type(trainer.model).__name__} ({params:,} parameters), "
+            f"{type(trainer.optimizer).__name__} at lr {trainer.lr:.3g}, loss {loss}, "
+            f"grad clip {clip}, {self.epochs_box.value} epoch(s) per run\n"
+            f"Start / Pause / Stop, lr and clip sliders and a live chart: {LIVE_HINT}; "
+            "the run's summary and chart are the outputs below."
+        )
+
     def _ipython_display_(self) -> None:
         from IPython.display import display
 
-        display(self.widget)
-        display({"text/plain": self.summary}, raw=True, display_id=self._ids["summary"])
-        display(self._chart_bundle(), raw=True, display_id=self._ids["chart"])
+        display(self._repr_mimebundle_(), raw=True)
+        display(self._summary_bundle(), raw=True, display_id=self._ids["summary"])
+        bundle, metadata = self._chart_bundle()
+        display(bundle, raw=True, metadata=metadata, display_id=self._ids["chart"])
         self._shown = True
 
-    def _chart_bundle(self) -> dict:
+    def _live_state(self) -> str:
+        paused = self.trainer.status == "paused" or self._pause_requested
+        return "paused" if paused else "running"
+
+    def _summary_bundle(self) -> dict:
+        if self._live:  # the live chart and status are in the panel
+            text = (
+                f"{self._live_state()} at step {self.trainer.step}; the live chart is in the panel"
+            )
+        else:
+            text = self.summary
+        return {"text/plain": text}
+
+    def _chart_bundle(self) -> tuple[dict, dict]:
+        """The final chart's display data and metadata: shown at the size of the live chart."""
         import base64
 
-        if self.chart_png is None or not self._chart.steps:
-            return {"text/plain": ""}
-        return {
+        if self._live or self.chart_png is None or not self._chart.steps:
+            return {"text/plain": ""}, {}
+        width, height = self._chart.size
+        bundle = {
             "image/png": base64.b64encode(self.chart_png).decode("ascii"),
             "text/plain": "<the chart of the run: loss, gradient norm, learning rate>",
         }
+        return bundle, {"image/png": {"width": width, "height": height}}
 
-    def _publish(self, running: bool = False) -> None:
-        """Write the summary and the final chart into the displayed outputs (while running:
-        empty them, the live chart is in the panel)."""
+    def _publish(self) -> None:
+        """Write the summary and the final chart into the displayed outputs (while running: the
+        status in the summary, no chart: the live chart is in the panel)."""
         if not self._shown:
             return
         from IPython.display import update_display
 
-        summary = {"text/plain": "running..." if running else self.summary}
-        chart = {"text/plain": ""} if running else self._chart_bundle()
-        update_display(summary, raw=True, display_id=self._ids["summary"])
-        update_display(chart, raw=True, display_id=self._ids["chart"])
+        update_display(self._summary_bundle(), raw=True, display_id=self._ids["summary"])
+        bundle, metadata = self._chart_bundle()
+        update_display(bundle, raw=True, metadata=metadata, display_id=self._ids["chart"])
 
     def __repr__(self) -> str:
         return f"TrainingPanel({self.status}, step {self.trainer.step})"

@@ -5,6 +5,9 @@ Every engine computes the same numbers (tested against the own loop, which is th
 * ``"fused"`` (:mod:`rnnkit.engines.fused`): torch's fused kernels, cuDNN on a GPU and
   aten/oneDNN on a CPU, for exact RNN/LSTM/GRU cells; with ``lengths=`` in segments cut at the
   distinct lengths;
+* ``"triton"`` (:mod:`rnnkit.engines.triton`, on CUDA): one cuBLAS product and one Triton kernel
+  per step, a hand-derived backward through time, both loops in CUDA graphs; for the cells the
+  fused kernels lack (layer-norm LSTM/GRU, IndRNN) and every exact RNN/LSTM/GRU cell;
 * ``"loop"`` (:mod:`rnnkit.engines.loop`): rnnkit's own loop over time with the input projection
   hoisted out of it; any cell, any configuration.
 

@@ -15,9 +15,10 @@ from dataclasses import dataclass, field
 from torch import nn
 
 from rnnkit.engines import fused
+from rnnkit.engines import triton as triton_engine
 from rnnkit.errors import InputError
 
-ENGINES = ("auto", "fused", "loop")
+ENGINES = ("auto", "fused", "triton", "loop")
 
 Blockers = dict[str, list[tuple[str, str]]]
 
@@ -85,6 +86,8 @@ def _kernel(engine: str, layer: nn.Module) -> str:
     if engine == "fused":
         mode = layer._fused_mode() if hasattr(layer, "_fused_mode") else layer.mode
         return f"{fused.kernel_name(layer)}; {fused.lengths_strategy(mode)}"
+    if engine == "triton":
+        return triton_engine.describe(layer)
     return _KERNELS[engine]
 
 
