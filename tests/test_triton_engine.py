@@ -40,7 +40,7 @@ def interpreted():
 
     if not jit.INTERPRETED:
         patch.undo()
-        pytest.skip("the kernels were imported before TRITON_INTERPRET=1 was set")
+        pytest.skip("triton was imported before TRITON_INTERPRET=1 was set (tests/conftest.py)")
     yield
     patch.undo()
 

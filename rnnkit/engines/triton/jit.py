@@ -6,6 +6,9 @@ run in bfloat16/float16 and the kernels up-cast on load and round on store.
 
 ``INTERPRETED`` records whether Triton defined the kernels for its CPU interpreter
 (``TRITON_INTERPRET=1`` when they were imported); :mod:`rnnkit.engines.triton.support` reads it.
+The kernels call ``triton.language``'s own jitted functions (``tl.sum``), which Triton defined
+in the mode of *its* import: the two must agree, and torch imports triton early (creating an
+optimizer does), so ``TRITON_INTERPRET`` has to be set before torch is used.
 """
 
 from __future__ import annotations
@@ -13,8 +16,16 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 from triton import knobs
+from triton.runtime.interpreter import InterpretedFunction
 
-INTERPRETED = bool(knobs.runtime.interpret)
+INTERPRETED = isinstance(tl.sum, InterpretedFunction)
+if bool(knobs.runtime.interpret) != INTERPRETED:
+    raise ImportError(
+        f"TRITON_INTERPRET is {'on' if knobs.runtime.interpret else 'off'} now but was "
+        f"{'on' if INTERPRETED else 'off'} when triton was imported (torch imports it, for "
+        "example when an optimizer is created): rnnkit's kernels and triton.language would run "
+        "in different modes. Set TRITON_INTERPRET before the first import of torch."
+    )
 
 _MAX_BLOCK = 256
 

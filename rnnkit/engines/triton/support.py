@@ -37,12 +37,16 @@ def triton_installed() -> bool:
 def interpreter_on() -> bool:
     """Whether Triton kernels run in its CPU interpreter.
 
-    Triton decides when a kernel is defined (at the import of the kernel modules), from
-    ``TRITON_INTERPRET``; once they are imported, their mode is the answer.
+    Triton decides when a function is defined, from ``TRITON_INTERPRET``: once rnnkit's kernels
+    or ``triton.language`` (whose functions the kernels call) are imported, their mode is the
+    answer, whatever the variable says now.
     """
     jit = sys.modules.get("rnnkit.engines.triton.jit")
     if jit is not None:
         return jit.INTERPRETED
+    language = sys.modules.get("triton.language")
+    if language is not None and hasattr(language, "sum"):
+        return type(language.sum).__name__ == "InterpretedFunction"
     return os.environ.get("TRITON_INTERPRET", "").strip().lower() in _TRUE
 
 
