@@ -11,6 +11,7 @@ The tests that need no kernel (what blocks the engine, the import of rnnkit) run
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -252,6 +253,25 @@ def test_import_rnnkit_and_a_cpu_forward_do_not_import_triton():
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=ROOT)
     assert result.returncode == 0, result.stderr
     assert "-> loop" in result.stdout
+
+
+@needs_triton
+def test_interpreter_set_after_torch_imported_triton_is_a_clear_error():
+    probe = (
+        "import os, torch, rnnkit; torch.optim.Adam(torch.nn.Linear(2, 2).parameters()); "
+        "os.environ['TRITON_INTERPRET'] = '1'; layer = rnnkit.LSTM(3, 4, engine='triton')\n"
+        "try:\n    layer(torch.randn(2, 1, 3))\nexcept rnnkit.InputError as e:\n    print(e)\n"
+        "try:\n    import rnnkit.engines.triton.jit\nexcept ImportError as e:\n    print(e)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, cwd=ROOT, env=env
+    )
+    assert result.returncode == 0, result.stderr
+    blocked, refused = result.stdout.strip().splitlines()
+    assert "set before triton is imported" in blocked
+    assert "was off when triton was imported" in refused
+    assert "before the first import of torch" in refused
 
 
 def test_auto_never_picks_triton_on_a_cpu(monkeypatch):
