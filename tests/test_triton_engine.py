@@ -269,7 +269,7 @@ def test_interpreter_set_after_torch_imported_triton_is_a_clear_error():
     )
     assert result.returncode == 0, result.stderr
     blocked, refused = result.stdout.strip().splitlines()
-    assert "set before triton is imported" in blocked
+    assert "set before torch imports triton" in blocked
     assert "was off when triton was imported" in refused
     assert "before the first import of torch" in refused
 

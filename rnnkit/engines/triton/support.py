@@ -196,7 +196,7 @@ def blockers(layer: nn.Module) -> list[Reason]:
             reasons.append(
                 (
                     "the layer is on the CPU: the Triton engine runs on CUDA (on a CPU only "
-                    "under TRITON_INTERPRET=1, set before triton is imported, with "
+                    "under TRITON_INTERPRET=1, set before torch imports triton, with "
                     "engine='triton', to test it)",
                     "move the model to a CUDA device",
                 )
