@@ -24,10 +24,10 @@ How, per (layer, direction):
 MinGRU/MinLSTM's chunked scan has a Triton version too (:mod:`.scan`), used on CUDA by
 :func:`rnnkit.scan.linear_scan`.
 
-On a CPU, the kernels run in Triton's interpreter when ``TRITON_INTERPRET=1`` is set before they
-are imported and the layer asks for ``engine="triton"``: that is how the tests check them
-without a GPU (slowly). ``import rnnkit`` never imports triton; this package imports it at the
-first run.
+On a CPU, the kernels run in Triton's interpreter when ``TRITON_INTERPRET=1`` is set before
+triton is imported (torch imports it, creating an optimizer does: set it before using torch) and
+the layer asks for ``engine="triton"``: that is how the tests check them without a GPU (slowly).
+``import rnnkit`` never imports triton; this package imports it at the first run.
 """
 
 from __future__ import annotations
