@@ -78,15 +78,15 @@ def test_a_language_models_layout_is_valid_and_weighted_by_tokens():
     )
     with torch.no_grad():
         logits = model(x)
-        expected = F.cross_entropy(logits.reshape(-1, 6), y.reshape(-1))  # mean over 36 tokens
+        expected = float(F.cross_entropy(logits.reshape(-1, 6), y.reshape(-1)))  # 36 tokens
         batch_means = [
             F.cross_entropy(logits[i : i + 4].reshape(-1, 6), y[i : i + 4].reshape(-1))
             for i in (0, 4)
         ]
-    assert float(sum(batch_means) / 2) != pytest.approx(float(expected), abs=1e-4)
+    assert float(sum(batch_means) / 2) != pytest.approx(expected, abs=1e-4)
     epoch = history.epochs[0]
-    assert epoch["loss"] == pytest.approx(float(expected), abs=1e-6)
-    assert epoch["val_loss"] == pytest.approx(float(expected), abs=1e-6)
+    assert epoch["loss"] == pytest.approx(expected, abs=1e-6)
+    assert epoch["val_loss"] == pytest.approx(expected, abs=1e-6)
     assert epoch["metrics"]["perplexity"] == pytest.approx(math.exp(expected), rel=1e-6)
     assert epoch["metrics"]["bits_per_char"] == pytest.approx(expected / math.log(2), rel=1e-6)
     hits = ((logits.argmax(-1) == y) & (y != -100)).sum() / (y != -100).sum()
