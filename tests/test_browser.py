@@ -36,6 +36,7 @@ import pytest
 CHROMIUM = "/usr/bin/chromium"
 GUARD_S = 600  # seconds before a wait for an event is called a hang
 GUARD_MS = GUARD_S * 1000
+KERNEL_IDLE = re.compile(r"^(?!No Kernel).+ \| Idle$")  # the status bar's kernel item
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "artifacts"
 
@@ -107,24 +108,6 @@ def _free_port() -> int:
 def _get_json(url: str):
     with urllib.request.urlopen(url, timeout=5) as response:
         return json.loads(response.read())
-
-
-def _wait_for_notebook_kernel(base: str, token: str) -> None:
-    """Until the server reports a kernel for panel.ipynb, started and idle: on a cold start the
-    page's execution indicator can read idle before the notebook has a kernel at all, and a Run
-    All then waits on a kernel that is still being chosen."""
-    deadline = time.monotonic() + GUARD_S
-    while True:
-        sessions = _get_json(f"{base}/api/sessions?token={token}")
-        states = [
-            (s.get("kernel") or {}).get("execution_state")
-            for s in sessions
-            if s.get("path", "").endswith("panel.ipynb")
-        ]
-        if "idle" in states:
-            return
-        assert time.monotonic() < deadline, f"no idle kernel for panel.ipynb: {sessions}"
-        time.sleep(0.25)
 
 
 @pytest.fixture
@@ -210,9 +193,14 @@ def test_panel_in_jupyterlab(lab, tmp_path):
         page = context.new_page()
         try:
             page.goto(f"{base}/lab/tree/panel.ipynb?token={token}", timeout=GUARD_MS)
+            # On a cold start the toolbar's execution indicator reads idle before the notebook
+            # has a kernel at all; the status bar says "<kernel name> | Idle" only once the
+            # notebook's kernel is connected and idle, so Run All is not sent to a kernel still
+            # being chosen.
+            kernel_idle = page.locator(".jp-StatusBar-TextItem", has_text=KERNEL_IDLE)
+            kernel_idle.wait_for(timeout=GUARD_MS)
             idle = page.locator('.jp-Notebook-ExecutionIndicator[data-status="idle"]')
             idle.wait_for(timeout=GUARD_MS)
-            _wait_for_notebook_kernel(base, token)
 
             # Focus the notebook first: Run All acts on the notebook that has the focus.
             page.locator(".jp-Notebook .jp-Cell .jp-InputPrompt").first.click()
