@@ -22,9 +22,10 @@ nor capturable; plain numbers) is copied too, and put back by :meth:`restore_hos
 
 Measured on a CPU (LSTM T=50 B=32 H=64, Adam, about 3 ms per step): in isolation the snapshot
 costs 20 us and the check 33 us; inside the Trainer's step, where the copies compete with the
-step's own work for the cache, taking both out saves 100-170 us per step (3-6%). No cheaper
-mechanism is exact for every optimizer: checking the update before it is applied needs the
-optimizer's own arithmetic, and a float32 norm first (float64 only when it overflows) saves 9 us.
+step's own work for the cache, patching both out saved 100-170 us per step (3-6%, one-off
+ablations of ``benchmarks/trainer_overhead.py``'s small case). No cheaper mechanism is exact for
+every optimizer: checking the update before it is applied needs the optimizer's own arithmetic,
+and a float32 norm first (float64 only when it overflows) saved 9 us in a micro-benchmark.
 """
 
 from __future__ import annotations

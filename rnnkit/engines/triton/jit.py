@@ -16,9 +16,10 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 from triton import knobs
-from triton.runtime.interpreter import InterpretedFunction
 
-INTERPRETED = isinstance(tl.sum, InterpretedFunction)
+from rnnkit.engines.triton import support
+
+INTERPRETED = support.language_interpreted(tl)
 if bool(knobs.runtime.interpret) != INTERPRETED:
     raise ImportError(
         f"TRITON_INTERPRET is {'on' if knobs.runtime.interpret else 'off'} now but was "

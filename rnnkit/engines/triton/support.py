@@ -46,8 +46,13 @@ def interpreter_on() -> bool:
         return jit.INTERPRETED
     language = sys.modules.get("triton.language")
     if language is not None and hasattr(language, "sum"):
-        return type(language.sum).__name__ == "InterpretedFunction"
+        return language_interpreted(language)
     return os.environ.get("TRITON_INTERPRET", "").strip().lower() in _TRUE
+
+
+def language_interpreted(language) -> bool:
+    """Whether ``triton.language``'s own jitted functions were defined for the interpreter."""
+    return type(language.sum).__name__ == "InterpretedFunction"
 
 
 def autocast_dtype(device: torch.device) -> torch.dtype | None:
